@@ -1,0 +1,191 @@
+"""An index directory: manifest + store + the embedder that made its vectors.
+
+Layout of ``<index>/``::
+
+    imgrag.json      manifest: schema version, model spec + fingerprint, dim, store kind
+    lancedb/ | faiss/   the store's own files
+    skipped.jsonl    files that could not be indexed, with reasons (rewritten atomically)
+    index.lock       held (flock) by the one process writing the index
+
+The manifest pins the model: opening an index with another model fails instead of mixing vectors.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from imgrag.retrieval.errors import (CorruptIndexError, IndexMismatchError, IndexNotFoundError)
+from imgrag.retrieval.stores import SCHEMA_VERSION, STORES, VectorStore, open_store
+
+MANIFEST = "imgrag.json"
+SKIPPED = "skipped.jsonl"
+
+
+def default_index_dir() -> Path:
+    """``$IMGRAG_INDEX``, else ``$XDG_DATA_HOME/imgrag/index`` (``~/.local/share/imgrag/index``)."""
+    env = os.environ.get("IMGRAG_INDEX")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "imgrag" / "index"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write via a temp file in the same folder, fsync, rename: readers see old or new, never half."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    try:
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:  # pragma: no cover - some filesystems refuse directory fsync
+        pass
+
+
+@dataclass
+class Manifest:
+    model: str
+    dim: int
+    store: str
+    fingerprint: dict[str, Any]
+    schema_version: int = SCHEMA_VERSION
+    created_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    store_options: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, root: Path) -> "Manifest":
+        p = Path(root) / MANIFEST
+        if not p.exists():
+            raise IndexNotFoundError(f"no imgrag index at {root}; build one with `imgrag index PATH --index {root}`")
+        try:
+            d = json.loads(p.read_text())
+            m = cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+        except (ValueError, TypeError, KeyError) as e:
+            raise CorruptIndexError(f"index manifest {p} is unreadable ({e}); rebuild the index") from e
+        if m.schema_version != SCHEMA_VERSION:
+            raise IndexMismatchError(
+                f"index {root} has schema version {m.schema_version}, this imgrag reads version {SCHEMA_VERSION}; "
+                f"rebuild it with `imgrag index ... --index {root} --rebuild`")
+        return m
+
+    def save(self, root: Path) -> None:
+        atomic_write_bytes(Path(root) / MANIFEST, json.dumps(asdict(self), indent=2).encode())
+
+
+class Index:
+    """Opens an index directory; the store and the embedder are created lazily on first use."""
+
+    def __init__(self, root: Path, manifest: Manifest, device: str = "auto", precision: str = "auto",
+                 embedder=None) -> None:
+        self.root = Path(root)
+        self.manifest = manifest
+        self._device = device
+        self._precision = precision
+        self._store: VectorStore | None = None
+        self._embedder = embedder
+
+    # -- construction ---------------------------------------------------------------------------
+    @classmethod
+    def open(cls, root: Path | str | None = None, device: str = "auto", precision: str = "auto",
+             embedder=None) -> "Index":
+        root = Path(root) if root is not None else default_index_dir()
+        manifest = Manifest.load(root)
+        if embedder is not None:
+            check_compatible(manifest, embedder, root)
+        return cls(root, manifest, device=device, precision=precision, embedder=embedder)
+
+    @classmethod
+    def create_or_open(cls, root: Path | str | None, embedder, store: str = "lancedb",
+                       store_options: dict[str, Any] | None = None, rebuild: bool = False) -> "Index":
+        """Open the index at ``root`` checking it matches ``embedder``; create it if absent."""
+        root = Path(root) if root is not None else default_index_dir()
+        if store not in STORES:
+            from imgrag.retrieval.errors import ImgragError
+
+            raise ImgragError(f"unknown store {store!r}; available: {', '.join(STORES)}")
+        if rebuild and (root / MANIFEST).exists():
+            for child in root.iterdir():
+                if child.name != "index.lock":
+                    shutil.rmtree(child) if child.is_dir() else child.unlink()
+        if (root / MANIFEST).exists():
+            manifest = Manifest.load(root)
+            if manifest.store != store:
+                raise IndexMismatchError(
+                    f"index {root} uses the {manifest.store} store, not {store}; "
+                    f"use --store {manifest.store}, another --index, or --rebuild")
+            check_compatible(manifest, embedder, root)
+            return cls(root, manifest, embedder=embedder)
+        root.mkdir(parents=True, exist_ok=True)
+        manifest = Manifest(model=embedder.model_id, dim=embedder.dim, store=store,
+                            fingerprint=embedder.fingerprint(), store_options=dict(store_options or {}))
+        manifest.save(root)
+        return cls(root, manifest, embedder=embedder)
+
+    # -- parts ----------------------------------------------------------------------------------
+    @property
+    def store(self) -> VectorStore:
+        if self._store is None:
+            self._store = open_store(self.manifest.store, self.root / self.manifest.store, self.manifest.dim,
+                                     **self.manifest.store_options)
+        return self._store
+
+    @property
+    def embedder(self):
+        if self._embedder is None:
+            from imgrag.retrieval.embedders import load_embedder
+
+            self._embedder = load_embedder(self.manifest.model, device=self._device, precision=self._precision)
+        return self._embedder
+
+    # -- skipped files --------------------------------------------------------------------------
+    def skipped(self) -> list[dict[str, Any]]:
+        """Files that could not be indexed: ``{path, reason, size, mtime_ns}``."""
+        p = self.root / SKIPPED
+        if not p.exists():
+            return []
+        out = []
+        for line in p.read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.strip():
+                try:
+                    out.append(json.loads(line))
+                except ValueError:
+                    continue
+        return out
+
+    def write_skipped(self, records: list[dict[str, Any]]) -> None:
+        data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+        atomic_write_bytes(self.root / SKIPPED, data.encode("utf-8", errors="surrogateescape"))
+
+    def info(self) -> dict[str, Any]:
+        size = sum(f.stat().st_size for f in self.root.rglob("*") if f.is_file())
+        return {"index": str(self.root), "model": self.manifest.model, "dim": self.manifest.dim,
+                "store": self.manifest.store, "items": self.store.count(), "skipped": len(self.skipped()),
+                "disk_bytes": size, "schema_version": self.manifest.schema_version,
+                "created_at": self.manifest.created_at, **{f"store_{k}": v for k, v in self.store.describe().items()
+                                                          if k != "kind"}}
+
+
+def check_compatible(manifest: Manifest, embedder, root: Path) -> None:
+    """Refuse to mix vectors of different models or preprocessing in one index."""
+    if embedder.model_id != manifest.model:
+        raise IndexMismatchError(
+            f"index {root} was built with model {manifest.model!r}, not {embedder.model_id!r}; "
+            f"use --model {manifest.model}, another --index, or --rebuild to re-embed everything")
+    fp = embedder.fingerprint()
+    if fp != manifest.fingerprint or embedder.dim != manifest.dim:
+        raise IndexMismatchError(
+            f"index {root} was built with model {manifest.model!r} but different weights or preprocessing "
+            f"({manifest.fingerprint} vs {fp}); use another --index or --rebuild")
