@@ -1,0 +1,102 @@
+"""Stage 2: read, hash, decode and preprocess files — in DataLoader worker processes.
+
+Each worker reads a file's bytes once, hashes them, and either (a) recognises the hash as content
+already in the index (rename or duplicate: no decode, the vector is reused) or (b) decodes the image
+(EXIF orientation, alpha on white, JPEG draft decoding) and runs the embedder's own preprocessing.
+The collate function stacks the good samples of a batch into one tensor *inside the worker* (one
+shared-memory transfer per batch) and passes failures through as skip records, so one bad file never
+fails a batch.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+from imgrag.indexer.scan import FileEntry
+
+DEFAULT_MAX_PIXELS = 178_956_970  # Pillow's own decompression-bomb error threshold (2x its warning limit)
+
+
+@dataclass
+class DecodeResult:
+    """What a worker returns for one file."""
+
+    entry: FileEntry
+    meta: dict[str, Any] | None = None  # row metadata (size/mtime as read, hash, width, height, EXIF…)
+    reused: bool = False  # content hash already in the index: no pixels, reuse the stored vector
+    error: str | None = None
+    read_s: float = 0.0
+    decode_s: float = 0.0
+    preprocess_s: float = 0.0
+
+
+class DecodeDataset:
+    """Map-style dataset over a work list; picklable (sent to worker processes)."""
+
+    def __init__(self, work: Sequence[FileEntry], transform: Callable, draft_size: int | None,
+                 max_pixels: int = DEFAULT_MAX_PIXELS, known_hashes: frozenset[str] = frozenset()) -> None:
+        self.work = work
+        self.transform = transform
+        self.draft_size = draft_size
+        self.max_pixels = max_pixels
+        self.known_hashes = known_hashes
+
+    def __len__(self) -> int:
+        return len(self.work)
+
+    def __getitem__(self, i: int):
+        entry = self.work[i]
+        try:
+            return self._load(entry)
+        except Exception as e:  # noqa: BLE001 - one odd file must never cost the run
+            return DecodeResult(entry, error=f"unexpected error: {type(e).__name__}: {e}"), None
+
+    def _load(self, entry: FileEntry):
+        from imgrag.retrieval.imageio import ImageDecodeError, content_hash, decode_image
+
+        t0 = time.perf_counter()
+        try:
+            with open(entry.path, "rb") as f:
+                st0 = os.fstat(f.fileno())
+                data = f.read()
+            st1 = os.stat(entry.path)
+        except FileNotFoundError:
+            return DecodeResult(entry, error="file disappeared before it could be read"), None
+        except PermissionError:
+            return DecodeResult(entry, error="permission denied"), None
+        except IsADirectoryError:
+            return DecodeResult(entry, error="is a directory"), None
+        except OSError as e:
+            return DecodeResult(entry, error=f"cannot read file ({e.strerror or e})"), None
+        if (st0.st_size, st0.st_mtime_ns) != (st1.st_size, st1.st_mtime_ns) or len(data) != st1.st_size:
+            return DecodeResult(entry, error="file changed while being read (will be retried next run)"), None
+        t1 = time.perf_counter()
+        digest = content_hash(data)
+        meta: dict[str, Any] = {"id": entry.path, "path": entry.path, "size": st1.st_size,
+                                "mtime_ns": st1.st_mtime_ns, "hash": digest}
+        if digest in self.known_hashes:
+            return DecodeResult(entry, meta=meta, reused=True, read_s=t1 - t0), None
+        try:
+            img = decode_image(data, draft_size=self.draft_size, max_pixels=self.max_pixels)
+        except ImageDecodeError as e:
+            return DecodeResult(entry, error=str(e), read_s=t1 - t0), None
+        t2 = time.perf_counter()
+        meta.update(width=img.width, height=img.height, taken_at=img.taken_at, gps_lat=img.gps_lat,
+                    gps_lon=img.gps_lon)
+        pixels = self.transform(img.image)
+        t3 = time.perf_counter()
+        return DecodeResult(entry, meta=meta, read_s=t1 - t0, decode_s=t2 - t1, preprocess_s=t3 - t2), pixels
+
+
+def collate(samples):
+    """(results, stacked pixels or None, index of each stacked row into results)."""
+    import torch
+
+    results = [r for r, _ in samples]
+    tensors = [(i, p) for i, (_, p) in enumerate(samples) if p is not None]
+    if not tensors:
+        return results, None, []
+    return results, torch.stack([p for _, p in tensors]), [i for i, _ in tensors]

@@ -1,0 +1,274 @@
+"""The batched indexing pipeline: scan → (read, hash, decode, preprocess in workers) → embed → write.
+
+Decoding runs in DataLoader worker processes while the model runs in the main process, so decode
+overlaps compute; the loader's bounded prefetch plus chunked commits keep memory bounded whatever the
+collection size (only per-file metadata of the work list scales with it).
+
+Crash safety and resume come from one rule: the store is the only record of what is done, and every
+chunk is committed atomically (``store.upsert``). A rerun skips files whose size and mtime match a
+committed row, so it continues where a crash, Ctrl-C or SIGKILL stopped it — no duplicates, no gaps.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+
+from imgrag.indexer.decode import DEFAULT_MAX_PIXELS, DecodeDataset, collate
+from imgrag.indexer.lock import IndexLock
+from imgrag.indexer.scan import FileEntry, Skip, is_under, normalize_roots, scan
+from imgrag.retrieval.errors import ImgragError
+from imgrag.retrieval.index import Index
+from imgrag.retrieval.stores.base import META_COLUMNS, make_rows
+
+log = logging.getLogger("imgrag.indexer")
+
+
+def default_workers() -> int:
+    """Decode worker processes: one per core beyond the first (the model uses the cores too), 1..8."""
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
+@dataclass
+class IndexOptions:
+    batch_size: int = 64
+    workers: int | None = None  # None → default_workers(); 0 → decode in the main process
+    draft: bool = True  # JPEG reduced-size DCT decoding to the model's resolution
+    commit_every: int = 1024  # rows per atomic commit
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    retry_skipped: bool = False  # retry files skipped before even if unchanged
+    prune: bool = True  # remove rows of files deleted under the given roots
+    include_hidden: bool = False
+    extensions: frozenset[str] | None = None
+
+
+@dataclass
+class Progress:
+    done: int
+    total: int
+    embedded: int
+    reused: int
+    skipped: int
+    elapsed_s: float
+
+
+@dataclass
+class IndexReport:
+    roots: list[str]
+    scanned: int = 0
+    unchanged: int = 0
+    new_or_changed: int = 0
+    embedded: int = 0
+    reused: int = 0  # renamed/duplicated/touched files whose vector was reused by content hash
+    deleted: int = 0
+    skipped: list[dict] = field(default_factory=list)  # skips found in this run (with reasons)
+    total_items: int = 0
+    interrupted: bool = False
+    seconds: dict[str, float] = field(default_factory=dict)  # stage → seconds
+
+    @property
+    def images_per_s(self) -> float:
+        t = self.seconds.get("total", 0.0)
+        return (self.embedded + self.reused) / t if t > 0 else 0.0
+
+    def to_dict(self) -> dict:
+        return {"roots": self.roots, "scanned": self.scanned, "unchanged": self.unchanged,
+                "new_or_changed": self.new_or_changed, "embedded": self.embedded, "reused": self.reused,
+                "deleted": self.deleted, "skipped": len(self.skipped), "total_items": self.total_items,
+                "interrupted": self.interrupted, "images_per_s": round(self.images_per_s, 2),
+                "seconds": {k: round(v, 3) for k, v in self.seconds.items()}}
+
+
+def supported_extensions() -> frozenset[str]:
+    from imgrag.retrieval.imageio import SUPPORTED_EXTENSIONS
+
+    return frozenset(SUPPORTED_EXTENSIONS)
+
+
+def build_index(index: Index, roots: Iterable[str | Path], options: IndexOptions | None = None,
+                progress: Callable[[Progress], None] | None = None) -> IndexReport:
+    """Bring ``index`` up to date with the images under ``roots``; returns what was done.
+
+    Holds the index's writer lock for the whole run (a second writer gets :class:`IndexLockedError`).
+    """
+    opts = options or IndexOptions()
+    roots_n = normalize_roots(roots)
+    for r in roots_n:
+        if not os.path.exists(r):
+            raise ImgragError(f"path not found: {r}")
+    with IndexLock(index.root):
+        return _run(index, roots_n, opts, progress)
+
+
+def _run(index: Index, roots: list[str], opts: IndexOptions, progress) -> IndexReport:
+    import torch
+    from torch.utils.data import DataLoader
+
+    t_start = time.perf_counter()
+    rep = IndexReport(roots=roots)
+    store = index.store
+    exts = opts.extensions or supported_extensions()
+
+    # --- plan: what is new, changed, unchanged, deleted ---------------------------------------------
+    t0 = time.perf_counter()
+    states = store.file_states()
+    known: dict[str, tuple[int, int]] = {}
+    known_path: dict[str, str] = {}
+    hash_to_id: dict[str, str] = {}
+    for i, p, s, m, h in zip(*(states[c].to_pylist() for c in ("id", "path", "size", "mtime_ns", "hash"))):
+        known[i] = (s, m)
+        known_path[i] = p
+        if h:
+            hash_to_id.setdefault(h, i)
+    prev_skips = {r["path"]: r for r in index.skipped()}
+    kept_skips = [r for p, r in prev_skips.items() if not is_under(p, roots)]
+    run_skips: list[dict] = []
+    seen: set[str] = set()
+    work: list[FileEntry] = []
+    for item in scan(roots, exts, exclude=[index.root], include_hidden=opts.include_hidden):
+        rep.scanned += 1
+        seen.add(item.path)
+        if isinstance(item, Skip):
+            run_skips.append(item.to_dict())
+            continue
+        k = known.get(item.path)
+        if k is not None and k == (item.size, item.mtime_ns):
+            rep.unchanged += 1
+            continue
+        ps = prev_skips.get(item.path)
+        if ps is not None and not opts.retry_skipped and (ps.get("size"), ps.get("mtime_ns")) == (item.size, item.mtime_ns):
+            run_skips.append(ps)  # unchanged since it failed: don't retry
+            continue
+        work.append(item)
+    gone = [i for i, p in known_path.items() if is_under(p, roots) and p not in seen] if opts.prune else []
+    rep.new_or_changed = len(work)
+    rep.seconds["plan"] = time.perf_counter() - t0
+    log.info("scan: %d files, %d unchanged, %d to index, %d gone", rep.scanned, rep.unchanged, len(work), len(gone))
+
+    def save_skips() -> None:
+        index.write_skipped(kept_skips + run_skips)
+
+    # --- embed --------------------------------------------------------------------------------------
+    secs = {"read": 0.0, "decode": 0.0, "preprocess": 0.0, "model": 0.0, "write": 0.0, "wait": 0.0}
+    pending_meta: list[dict] = []
+    pending_vecs: list[np.ndarray] = []
+    pending_reuse: list[dict] = []  # metas whose vector comes from another row with the same hash
+    new_errors: list[dict] = []
+    done = 0
+    t_embed = time.perf_counter()
+
+    def commit() -> None:
+        nonlocal pending_meta, pending_vecs, pending_reuse
+        if not (pending_meta or pending_reuse):
+            return
+        tw = time.perf_counter()
+        metas = list(pending_meta)
+        vecs = list(pending_vecs)
+        if pending_reuse:
+            src_ids = list({hash_to_id[m["hash"]] for m in pending_reuse})
+            src = store.get(src_ids)
+            by_id = {r["id"]: r for r in src.to_pylist()}
+            for m in pending_reuse:
+                s = by_id.get(hash_to_id[m["hash"]])
+                if s is None:  # source row vanished (pruned in this run): cannot reuse; rare
+                    new_errors.append({**_skip(m, "content matched a deleted item; will be re-embedded next run")})
+                    continue
+                full = {c: s.get(c) for c in META_COLUMNS}
+                full.update({k: m[k] for k in ("id", "path", "size", "mtime_ns", "hash")})
+                full["label"], full["label_score"] = s.get("label"), s.get("label_score")
+                metas.append(full)
+                vecs.append(np.asarray(s["vector"], dtype=np.float32)[None, :])
+        if metas:
+            now = datetime.now()
+            for m in metas:
+                m.setdefault("indexed_at", now)
+            store.upsert(make_rows(metas, np.concatenate(vecs, axis=0)))
+        failed_known = [e["path"] for e in new_errors if e["path"] in known]
+        if failed_known:  # a file that was indexed and is now unreadable: drop its stale row
+            store.delete(failed_known)
+        run_skips.extend(new_errors)
+        new_errors.clear()
+        save_skips()
+        secs["write"] += time.perf_counter() - tw
+        pending_meta, pending_vecs, pending_reuse = [], [], []
+
+    try:
+        if work:
+            emb = index.embedder
+            transform = emb.image_transform()  # loads the model
+            draft = emb.image_size if opts.draft else None
+            ds = DecodeDataset(work, transform, draft, opts.max_pixels, frozenset(hash_to_id))
+            workers = default_workers() if opts.workers is None else max(0, opts.workers)
+            workers = min(workers, max(0, (len(work) + opts.batch_size - 1) // opts.batch_size))
+            cuda = str(getattr(emb, "device", "cpu")).startswith("cuda")
+            loader = DataLoader(ds, batch_size=opts.batch_size, shuffle=False, num_workers=workers,
+                                collate_fn=collate, pin_memory=cuda,
+                                prefetch_factor=2 if workers > 0 else None,
+                                persistent_workers=False)
+            tw = time.perf_counter()
+            for results, pixels, rows in loader:
+                secs["wait"] += time.perf_counter() - tw
+                for r in results:
+                    secs["read"] += r.read_s
+                    secs["decode"] += r.decode_s
+                    secs["preprocess"] += r.preprocess_s
+                    if r.error is not None:
+                        new_errors.append(Skip(r.entry.path, r.error, r.entry.size, r.entry.mtime_ns).to_dict())
+                    elif r.reused:
+                        pending_reuse.append(r.meta)
+                if pixels is not None:
+                    tm = time.perf_counter()
+                    vecs = emb.embed_pixels(pixels)
+                    secs["model"] += time.perf_counter() - tm
+                    bad = ~np.isfinite(vecs).all(axis=1)
+                    for j, ri in enumerate(rows):
+                        r = results[ri]
+                        if bad[j]:
+                            new_errors.append(Skip(r.entry.path, "model produced a non-finite vector",
+                                                   r.entry.size, r.entry.mtime_ns).to_dict())
+                            continue
+                        pending_meta.append(r.meta)
+                        pending_vecs.append(vecs[j : j + 1])
+                    rep.embedded += int((~bad).sum())
+                rep.reused += sum(1 for r in results if r.reused)
+                done += len(results)
+                if len(pending_meta) + len(pending_reuse) >= opts.commit_every:
+                    commit()
+                if progress is not None:
+                    progress(Progress(done, len(work), rep.embedded, rep.reused,
+                                      len(new_errors) + sum(1 for s in run_skips if s.get("path")),
+                                      time.perf_counter() - t_embed))
+                tw = time.perf_counter()
+        commit()
+    except KeyboardInterrupt:
+        commit()
+        rep.interrupted = True
+    finally:
+        save_skips()
+    secs["embed_total"] = time.perf_counter() - t_embed
+    if gone:  # after the embeds, so a renamed file can still reuse the vector stored under its old name
+        tw = time.perf_counter()
+        store.delete(gone)
+        rep.deleted = len(gone)
+        secs["write"] += time.perf_counter() - tw
+    if not rep.interrupted:
+        to = time.perf_counter()
+        store.optimize()
+        secs["optimize"] = time.perf_counter() - to
+    rep.seconds.update(secs)
+    rep.skipped = [s for s in run_skips]
+    rep.total_items = store.count()
+    rep.seconds["total"] = time.perf_counter() - t_start
+    torch  # keep the import (DataLoader needs torch imported in the parent before forking)
+    return rep
+
+
+def _skip(meta: dict, reason: str) -> dict:
+    return {"path": meta["path"], "reason": reason, "size": meta.get("size"), "mtime_ns": meta.get("mtime_ns")}

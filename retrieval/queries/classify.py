@@ -1,0 +1,161 @@
+"""Zero-shot classification with prompt templates (open_clip style, pure functions).
+
+A class vector is the normalised mean of the embeddings of its label in every template; image
+vectors are scored against class vectors by cosine similarity times the model's logit scale, then a
+softmax over labels (or, for sigmoid-loss models such as SigLIP, an independent sigmoid with the
+model's logit bias).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Iterable, Sequence
+
+import numpy as np
+
+from imgrag.retrieval.embedders.base import l2_normalize
+from imgrag.retrieval.errors import BadQueryError
+from imgrag.retrieval.stores.base import Filters
+
+if TYPE_CHECKING:  # pragma: no cover
+    from imgrag.retrieval.embedders.base import Embedder
+    from imgrag.retrieval.index import Index
+
+TEMPLATE_SETS = ("simple", "openai", "photo", "none")
+DEFAULT_TEMPLATES = "simple"
+
+
+def load_templates(spec: str | Sequence[str] | None = None) -> list[str]:
+    """A named set (``simple``, ``openai``, ``photo``, ``none``), a file with one template per line
+    (``#`` comments), or a list of format strings. Each template must contain ``{}`` once."""
+    if spec is None:
+        spec = DEFAULT_TEMPLATES
+    if isinstance(spec, str):
+        if spec in TEMPLATE_SETS:
+            text = resources.files("imgrag.retrieval").joinpath(f"templates/{spec}.txt").read_text()
+        else:
+            p = Path(spec).expanduser()
+            if not p.is_file():
+                raise BadQueryError(f"templates {spec!r} not found: give a file or one of {', '.join(TEMPLATE_SETS)}")
+            text = p.read_text(encoding="utf-8")
+        templates = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    else:
+        templates = [t for t in spec if t.strip()]
+    if not templates:
+        raise BadQueryError("no prompt templates given")
+    for t in templates:
+        if t.count("{}") != 1:
+            raise BadQueryError(f"template {t!r} must contain '{{}}' exactly once (where the label goes)")
+    return templates
+
+
+def parse_labels(labels: str | Iterable[str]) -> list[str]:
+    """Comma- or newline-separated labels (or a list); blanks dropped; duplicates refused."""
+    if isinstance(labels, str):
+        sep = "\n" if "\n" in labels else ","
+        items = [x.strip() for x in labels.split(sep)]
+    else:
+        items = [str(x).strip() for x in labels]
+    items = [x for x in items if x]
+    if len(items) < 2:
+        raise BadQueryError("give at least two labels to choose between")
+    dup = {x for x in items if items.count(x) > 1}
+    if dup:
+        raise BadQueryError(f"duplicate labels: {', '.join(sorted(dup))}")
+    return items
+
+
+def class_vectors(embedder: "Embedder", labels: Sequence[str], templates: Sequence[str]) -> np.ndarray:
+    """(C, d): per label, the mean of its template embeddings, re-normalised."""
+    texts = [t.format(label) for label in labels for t in templates]
+    emb = embedder.embed_texts(texts).reshape(len(labels), len(templates), -1)
+    return l2_normalize(l2_normalize(emb).mean(axis=1))
+
+
+def scores_to_probs(sims: np.ndarray, logit_scale: float, logit_bias: float | None) -> np.ndarray:
+    """(n, C) cosine similarities → probabilities: softmax, or sigmoid for SigLIP-style models."""
+    logits = sims.astype(np.float64) * logit_scale
+    if logit_bias is not None:
+        return (1.0 / (1.0 + np.exp(-(logits + logit_bias)))).astype(np.float32)
+    logits -= logits.max(axis=1, keepdims=True)
+    e = np.exp(logits)
+    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Top labels of one image, best first. ``label`` is None when no label passed its threshold."""
+
+    label: str | None
+    score: float
+    top: list[tuple[str, float]]
+
+
+class ZeroShotClassifier:
+    """Class vectors computed once; classify vectors, images, search hits or a whole index."""
+
+    def __init__(self, embedder: "Embedder", labels: str | Iterable[str],
+                 templates: str | Sequence[str] | None = None,
+                 thresholds: dict[str, float] | None = None) -> None:
+        self.embedder = embedder
+        self.labels = parse_labels(labels)
+        self.templates = load_templates(templates)
+        self.thresholds = dict(thresholds or {})
+        unknown = set(self.thresholds) - set(self.labels)
+        if unknown:
+            raise BadQueryError(f"thresholds for unknown labels: {', '.join(sorted(unknown))}")
+        self.weights = class_vectors(embedder, self.labels, self.templates)
+
+    def probabilities(self, vectors: np.ndarray) -> np.ndarray:
+        """(n, d) image vectors → (n, C) probabilities."""
+        sims = np.asarray(vectors, dtype=np.float32) @ self.weights.T
+        return scores_to_probs(sims, self.embedder.logit_scale, self.embedder.logit_bias)
+
+    def predict_vectors(self, vectors: np.ndarray, top_n: int = 3) -> list[Prediction]:
+        probs = self.probabilities(vectors)
+        out = []
+        order = np.argsort(-probs, axis=1, kind="stable")
+        for p, o in zip(probs, order):
+            top = [(self.labels[j], float(p[j])) for j in o[:top_n]]
+            best_label, best = self.labels[o[0]], float(p[o[0]])
+            if best < self.thresholds.get(best_label, 0.0):
+                out.append(Prediction(None, best, top))
+            else:
+                out.append(Prediction(best_label, best, top))
+        return out
+
+    def predict_images(self, images, top_n: int = 3) -> list[Prediction]:
+        return self.predict_vectors(self.embedder.embed_images(images), top_n)
+
+
+def classify_index(index: "Index", classifier: ZeroShotClassifier, write: bool = False,
+                   filters: Filters | None = None, top_n: int = 3, batch_size: int = 4096,
+                   progress: Callable[[int, int], None] | None = None) -> Iterable[tuple[str, str, Prediction]]:
+    """Classify every stored vector (no images are re-read); yields ``(id, path, prediction)``.
+
+    With ``write=True`` the top label and its probability are written back to the ``label`` /
+    ``label_score`` columns, batch by batch (usable later as a filter: ``--label``).
+    """
+    store = index.store
+    total = store.count()
+    done = 0
+    to_write: list[tuple[str, str | None, float]] = []
+    for batch in store.scan(columns=["id", "path", "vector"], filters=filters, batch_size=batch_size):
+        ids = batch.column("id").to_pylist()
+        paths = batch.column("path").to_pylist()
+        vecs = np.asarray(batch.column("vector").flatten().to_numpy(zero_copy_only=False),
+                          dtype=np.float32).reshape(len(ids), -1)
+        preds = classifier.predict_vectors(vecs, top_n)
+        if write:
+            to_write.extend((i, p.label, p.score) for i, p in zip(ids, preds))
+        done += len(ids)
+        if progress:
+            progress(done, total)
+        yield from zip(ids, paths, preds)
+    # written after the scan so the scan never reads a store it is modifying
+    for i in range(0, len(to_write), 8192):
+        chunk = to_write[i : i + 8192]
+        store.update_columns([c[0] for c in chunk], {"label": [c[1] for c in chunk],
+                                                     "label_score": [c[2] for c in chunk]})

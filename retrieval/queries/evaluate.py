@@ -1,0 +1,212 @@
+"""Built-in evaluation: text↔image Recall@K from captions, zero-shot accuracy on folder-per-class data.
+
+Works with any embedder. Images are decoded by a thread pool (Pillow releases the GIL) and embedded
+in batches; only vectors are kept, so memory is (images + captions) × d floats.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable, Sequence
+
+import numpy as np
+
+from imgrag.retrieval.errors import ImgragError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from imgrag.retrieval.embedders.base import Embedder
+
+KS = (1, 5, 10)
+
+
+def _load(path: str, draft: int | None):
+    from imgrag.retrieval.imageio import ImageDecodeError, decode_image
+
+    try:
+        return decode_image(Path(path).read_bytes(), draft_size=draft).image
+    except (ImageDecodeError, OSError) as e:
+        return e
+
+
+def embed_image_files(embedder: "Embedder", paths: Sequence[str], batch_size: int = 64,
+                      threads: int | None = None) -> tuple[np.ndarray, list[str]]:
+    """(n_ok, d) vectors for the files that decode, and the list of files that failed (with reason)."""
+    vecs: list[np.ndarray] = []
+    failed: list[str] = []
+    draft = embedder.image_size
+    with ThreadPoolExecutor(threads or min(4, (os.cpu_count() or 2))) as pool:
+        for i in range(0, len(paths), batch_size):
+            chunk = paths[i : i + batch_size]
+            imgs = list(pool.map(lambda p: _load(p, draft), chunk))
+            ok = [im for im in imgs if not isinstance(im, Exception)]
+            failed += [f"{p}: {im}" for p, im in zip(chunk, imgs) if isinstance(im, Exception)]
+            if ok:
+                vecs.append(embedder.embed_images(ok))
+    if failed:
+        raise ImgragError(f"{len(failed)} evaluation images could not be read, e.g. {failed[0]}")
+    return (np.concatenate(vecs) if vecs else np.zeros((0, embedder.dim), np.float32)), failed
+
+
+# --- retrieval ---------------------------------------------------------------------------------------
+def read_captions(path: str | Path) -> list[tuple[str, str]]:
+    """TSV ``relative/path<TAB>caption``; several lines per image allowed; ``#`` comments."""
+    out = []
+    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        if "\t" not in line:
+            raise ImgragError(f"{path}:{n}: expected 'path<TAB>caption'")
+        p, c = line.split("\t", 1)
+        out.append((p.strip(), c.strip()))
+    if not out:
+        raise ImgragError(f"no captions in {path}")
+    return out
+
+
+def recall_at_k(sims: np.ndarray, relevant: Sequence[set[int]], ks: Iterable[int] = KS) -> dict[int, float]:
+    """Rows are queries; a query counts as a hit at K if any relevant column is in its top K."""
+    order = np.argsort(-sims, axis=1, kind="stable")
+    out = {}
+    for k in ks:
+        top = order[:, :k]
+        out[k] = float(np.mean([bool(relevant[i] & set(top[i].tolist())) for i in range(len(relevant))]))
+    return out
+
+
+@dataclass
+class RetrievalReport:
+    images: int
+    captions: int
+    text_to_image: dict[int, float]
+    image_to_text: dict[int, float]
+
+
+def eval_retrieval(embedder: "Embedder", images_dir: str | Path, captions_file: str | Path,
+                   batch_size: int = 64) -> RetrievalReport:
+    caps = read_captions(captions_file)
+    images = sorted({p for p, _ in caps})
+    missing = [p for p in images if not (Path(images_dir) / p).is_file()]
+    if missing:
+        raise ImgragError(f"{len(missing)} captioned images not found under {images_dir}, e.g. {missing[0]}")
+    col = {p: i for i, p in enumerate(images)}
+    iv, _ = embed_image_files(embedder, [str(Path(images_dir) / p) for p in images], batch_size)
+    tv = embedder.embed_texts([c for _, c in caps])
+    sims = tv @ iv.T  # (captions, images)
+    t2i = recall_at_k(sims, [{col[p]} for p, _ in caps])
+    caps_of: dict[int, set[int]] = defaultdict(set)
+    for j, (p, _) in enumerate(caps):
+        caps_of[col[p]].add(j)
+    i2t = recall_at_k(sims.T, [caps_of[i] for i in range(len(images))])
+    return RetrievalReport(len(images), len(caps), t2i, i2t)
+
+
+# --- zero-shot -----------------------------------------------------------------------------------------
+def folder_dataset(root: str | Path, depth: int = 1, limit_per_class: int | None = None,
+                   extensions: Iterable[str] = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+                   ) -> tuple[list[str], list[str], list[int]]:
+    """Folder-per-class tree → (class names, file paths, class index per file).
+
+    The class is the path of the first ``depth`` folders below ``root`` (``animals/birds`` at depth 2),
+    turned into words: ``_``/``-`` become spaces and, at depth > 1, only the last folder names it.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise ImgragError(f"not a folder: {root}")
+    exts = {e.lower() for e in extensions}
+    by_class: dict[str, list[str]] = defaultdict(list)
+    for dirpath, _dirs, files in os.walk(root):
+        rel = Path(dirpath).relative_to(root).parts
+        if len(rel) < depth:
+            continue
+        cls = "/".join(rel[:depth])
+        for f in sorted(files):
+            if os.path.splitext(f)[1].lower() in exts:
+                by_class[cls].append(os.path.join(dirpath, f))
+    classes = sorted(c for c in by_class if by_class[c])
+    if len(classes) < 2:
+        raise ImgragError(f"need at least two class folders (depth {depth}) with images under {root}")
+    paths, targets = [], []
+    for ci, c in enumerate(classes):
+        files = sorted(by_class[c])[: limit_per_class or None]
+        paths += files
+        targets += [ci] * len(files)
+    return classes, paths, targets
+
+
+def class_words(cls: str) -> str:
+    return cls.split("/")[-1].replace("_", " ").replace("-", " ").strip()
+
+
+@dataclass
+class ZeroShotReport:
+    templates: str
+    top1: float
+    top5: float
+    per_class: dict[str, float] = field(default_factory=dict)
+    confusions: list[tuple[str, str, int]] = field(default_factory=list)  # (true, predicted, count)
+
+
+def eval_zeroshot(embedder: "Embedder", root: str | Path, template_sets: Sequence[str] = ("none", "photo", "simple", "openai"),
+                  depth: int = 1, limit_per_class: int | None = None, batch_size: int = 64) -> tuple[int, list[ZeroShotReport]]:
+    from imgrag.retrieval.queries.classify import class_vectors, load_templates
+
+    classes, paths, targets = folder_dataset(root, depth, limit_per_class)
+    labels = [class_words(c) for c in classes]
+    iv, _ = embed_image_files(embedder, paths, batch_size)
+    y = np.asarray(targets)
+    reports = []
+    for ts in template_sets:
+        w = class_vectors(embedder, labels, load_templates(ts))
+        sims = iv @ w.T
+        order = np.argsort(-sims, axis=1, kind="stable")
+        top1 = order[:, 0] == y
+        top5 = (order[:, : min(5, len(classes))] == y[:, None]).any(axis=1)
+        per = {labels[c]: float(top1[y == c].mean()) for c in range(len(classes))}
+        conf = Counter((labels[t], labels[p]) for t, p in zip(y, order[:, 0]) if t != p)
+        reports.append(ZeroShotReport(ts, float(top1.mean()), float(top5.mean()), per,
+                                      [(a, b, n) for (a, b), n in conf.most_common(10)]))
+    return len(paths), reports
+
+
+# --- CLI ------------------------------------------------------------------------------------------------
+def run_cli(args) -> int:
+    from imgrag.retrieval.embedders import load_embedder
+
+    emb = load_embedder(args.model, device=args.device, precision=args.precision, batch_size=args.batch_size)
+    if args.eval_kind == "retrieval":
+        r = eval_retrieval(emb, args.images, args.captions, args.batch_size)
+        if args.json:
+            print(json.dumps({"model": args.model, "images": r.images, "captions": r.captions,
+                              "text_to_image": {f"R@{k}": v for k, v in r.text_to_image.items()},
+                              "image_to_text": {f"R@{k}": v for k, v in r.image_to_text.items()}}, indent=2))
+        else:
+            print(f"model {args.model}: {r.images} images, {r.captions} captions")
+            print(f"{'':14}" + "".join(f"{'R@' + str(k):>8}" for k in KS))
+            for name, d in (("text→image", r.text_to_image), ("image→text", r.image_to_text)):
+                print(f"{name:14}" + "".join(f"{100 * d[k]:>7.1f}%" for k in KS))
+        return 0
+    sets = args.templates or ["none", "photo", "simple", "openai"]
+    n, reps = eval_zeroshot(emb, args.dir, sets, args.depth, args.limit_per_class, args.batch_size)
+    if args.json:
+        print(json.dumps({"model": args.model, "images": n, "results": [r.__dict__ for r in reps]}, indent=2))
+        return 0
+    print(f"model {args.model}: {n} images, {len(reps[0].per_class)} classes")
+    print(f"{'templates':<10}{'top-1':>8}{'top-5':>8}")
+    for r in reps:
+        print(f"{r.templates:<10}{100 * r.top1:>7.1f}%{100 * r.top5:>7.1f}%")
+    best = max(reps, key=lambda r: r.top1)
+    print(f"\nper-class top-1 ({best.templates}):")
+    for c, a in sorted(best.per_class.items(), key=lambda kv: kv[1]):
+        print(f"  {c:<30}{100 * a:>6.1f}%")
+    if best.confusions:
+        print("most confused (true → predicted: count):")
+        for a, b, k in best.confusions[:5]:
+            print(f"  {a} → {b}: {k}")
+    sys.stdout.flush()
+    return 0
