@@ -7,10 +7,9 @@ the call leaves the store as it was before the call.
 
 from __future__ import annotations
 
-import fnmatch
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime, time
 from pathlib import Path
 from typing import Any, Iterator, NamedTuple, Sequence
 
@@ -58,6 +57,106 @@ def make_rows(meta: Sequence[dict[str, Any]], vectors: np.ndarray) -> pa.Table:
     return pa.Table.from_pydict(cols, schema=row_schema(dim))
 
 
+def conform_rows(rows: pa.Table, dim: int) -> pa.Table:
+    """Validate rows for :meth:`VectorStore.upsert` and cast them to :func:`row_schema` ``(dim)``.
+
+    Missing optional metadata columns become null; of rows repeating an ``id`` the last one wins.
+    Raises :class:`ImgragError` for unknown columns, a missing key/path/vector, a vector of the
+    wrong length or with NaN/inf values.
+    """
+    from imgrag.retrieval.errors import ImgragError
+
+    if isinstance(rows, pa.RecordBatch):
+        rows = pa.Table.from_batches([rows])
+    schema = row_schema(dim)
+    unknown = [c for c in rows.column_names if schema.get_field_index(c) < 0]
+    if unknown:
+        raise ImgragError(f"unknown store columns {unknown}; rows must follow row_schema() (build them with make_rows)")
+    for c in ("id", "path", "vector"):
+        if c not in rows.column_names:
+            raise ImgragError(f"rows lack the {c!r} column; build them with make_rows()")
+    n = rows.num_rows
+    cols = []
+    for f in schema:
+        col = rows[f.name] if f.name in rows.column_names else pa.nulls(n, f.type)
+        if f.name == "vector":
+            vt = col.type
+            if not (pa.types.is_fixed_size_list(vt) or pa.types.is_list(vt) or pa.types.is_large_list(vt)):
+                raise ImgragError(f"the vector column must be a list of floats, not {vt}")
+            if pa.types.is_fixed_size_list(vt) and vt.list_size != dim:
+                raise ImgragError(f"vectors have {vt.list_size} dimensions, this index holds {dim}; use the index's model")
+            if not pa.types.is_fixed_size_list(vt):
+                lens = pc.list_value_length(col)
+                if n and (pc.min(lens).as_py() != dim or pc.max(lens).as_py() != dim):
+                    raise ImgragError(f"vectors must have {dim} dimensions, this index's model size")
+        try:
+            col = col.cast(f.type)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+            raise ImgragError(f"column {f.name!r} cannot be stored as {f.type}: {e}") from e
+        if (not f.nullable or f.name == "vector") and col.null_count:
+            raise ImgragError(f"column {f.name!r} has nulls; every row needs one")
+        cols.append(col)
+    out = pa.Table.from_arrays(cols, schema=schema)
+    if n:
+        if not np.isfinite(vectors_of(out["vector"], dim)).all():
+            raise ImgragError("vectors contain NaN or infinite values; re-embed those items")
+        ids = out["id"].to_pylist()
+        if len(set(ids)) != n:
+            last = {k: i for i, k in enumerate(ids)}
+            out = out.take(pa.array(sorted(last.values()), pa.int64()))
+    return out
+
+
+def vectors_of(col: pa.ChunkedArray | pa.Array, dim: int) -> np.ndarray:
+    """(n, dim) float32 numpy array from a fixed-size-list ``vector`` column."""
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
+    if len(col) == 0:
+        return np.zeros((0, dim), dtype=np.float32)
+    flat = col.flatten()
+    return np.asarray(flat, dtype=np.float32).reshape(len(col), dim)
+
+
+def update_table(ids: Sequence[str], values: dict[str, Sequence[Any]]) -> pa.Table | None:
+    """``id`` + the given metadata columns, typed per the row schema; None when nothing to do."""
+    from imgrag.retrieval.errors import ImgragError
+
+    schema = row_schema(1)
+    ids = [str(i) for i in ids]
+    bad = [c for c in values if c in ("id", "vector") or schema.get_field_index(c) < 0]
+    if bad:
+        raise ImgragError(f"cannot update columns {bad}; updatable: {', '.join(c for c in META_COLUMNS if c != 'id')}")
+    for c, v in values.items():
+        if len(v) != len(ids):
+            raise ImgragError(f"update of {c!r} has {len(v)} values for {len(ids)} ids")
+    if not ids or not values:
+        return None
+    arrays = {"id": pa.array(ids, pa.string())}
+    for c, v in values.items():
+        f = schema.field(c)
+        try:
+            arrays[c] = pa.array(list(v) if not isinstance(v, (pa.Array, pa.ChunkedArray)) else v.to_pylist(),
+                                 type=f.type)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as e:
+            raise ImgragError(f"values for {c!r} cannot be stored as {f.type}: {e}") from e
+        if not f.nullable and arrays[c].null_count:
+            raise ImgragError(f"column {c!r} cannot be null")
+    t = pa.table(arrays)
+    if len(set(ids)) != len(ids):  # the last value for an id wins
+        last = {k: i for i, k in enumerate(ids)}
+        t = t.take(pa.array(sorted(last.values()), pa.int64()))
+    return t
+
+
+def check_columns(cols: Sequence[str]) -> None:
+    """Raise for column names that are neither metadata nor ``vector``."""
+    from imgrag.retrieval.errors import ImgragError
+
+    bad = [c for c in cols if c not in META_COLUMNS and c != "vector"]
+    if bad:
+        raise ImgragError(f"unknown columns {bad}; available: {', '.join([*META_COLUMNS, 'vector'])}")
+
+
 class Hit(NamedTuple):
     """One search result. ``score`` is cosine similarity (higher is better)."""
 
@@ -71,9 +170,12 @@ class Hit(NamedTuple):
 class Filters:
     """Metadata filters; every store applies them *before* top-k so results stay exact.
 
-    ``path_glob`` is fnmatch-style over the absolute path, ``*`` matching across folders
-    (``"*/2019/*"``, ``"*.png"``). Dates compare with EXIF capture time; items without one never
-    match a date filter.
+    ``path_glob`` is a glob over the whole absolute path: ``*`` matches any run of characters,
+    across folders too (``"*/2019/*"``, ``"*.png"``), ``?`` matches one character, every other
+    character (``[``, ``%``, ``_``, ``\\`` …) matches itself; case-sensitive. Dates compare with EXIF
+    capture time (naive local time; an aware datetime is converted to local time, a ``date`` means
+    its midnight); items without one never match a date filter. ``to_sql`` and ``mask`` select
+    exactly the same rows.
     """
 
     path_glob: str | None = None
@@ -93,10 +195,10 @@ class Filters:
         parts: list[str] = []
         if self.path_glob:
             parts.append(f"path LIKE '{_glob_to_like(self.path_glob)}' ESCAPE '\\'")
-        if self.taken_after:
-            parts.append(f"taken_at >= CAST('{self.taken_after.isoformat(sep=' ')}' AS TIMESTAMP)")
-        if self.taken_before:
-            parts.append(f"taken_at <= CAST('{self.taken_before.isoformat(sep=' ')}' AS TIMESTAMP)")
+        if self.taken_after is not None:
+            parts.append(f"taken_at >= CAST('{_naive(self.taken_after).isoformat(sep=' ')}' AS TIMESTAMP)")
+        if self.taken_before is not None:
+            parts.append(f"taken_at <= CAST('{_naive(self.taken_before).isoformat(sep=' ')}' AS TIMESTAMP)")
         for col, op, val in (("width", ">=", self.min_width), ("height", ">=", self.min_height),
                              ("size", ">=", self.min_bytes), ("size", "<=", self.max_bytes)):
             if val is not None:
@@ -109,15 +211,20 @@ class Filters:
         """Boolean mask over ``table`` rows (which must hold the referenced columns)."""
         n = table.num_rows
         m = np.ones(n, dtype=bool)
+        if n == 0:
+            return m
         if self.path_glob:
-            rx = fnmatch.translate(self.path_glob)
-            m &= np.asarray(pc.match_substring_regex(table["path"], "^" + rx).fill_null(False))
+            m &= np.asarray(pc.match_substring_regex(table["path"], _glob_to_regex(self.path_glob)).fill_null(False))
+
         def cmp(col: str, fn, val) -> np.ndarray:
-            return np.asarray(fn(table[col], pa.scalar(val, type=table.schema.field(col).type)).fill_null(False))
-        if self.taken_after:
-            m &= cmp("taken_at", pc.greater_equal, self.taken_after)
-        if self.taken_before:
-            m &= cmp("taken_at", pc.less_equal, self.taken_before)
+            arr = table[col]
+            if pa.types.is_integer(arr.type):  # compare as int64 so big thresholds never overflow int32
+                arr, val = pc.cast(arr, pa.int64()), int(val)
+            return np.asarray(fn(arr, pa.scalar(val, type=arr.type)).fill_null(False))
+        if self.taken_after is not None:
+            m &= cmp("taken_at", pc.greater_equal, _naive(self.taken_after))
+        if self.taken_before is not None:
+            m &= cmp("taken_at", pc.less_equal, _naive(self.taken_before))
         for col, fn, val in (("width", pc.greater_equal, self.min_width), ("height", pc.greater_equal, self.min_height),
                              ("size", pc.greater_equal, self.min_bytes), ("size", pc.less_equal, self.max_bytes)):
             if val is not None:
@@ -125,6 +232,31 @@ class Filters:
         if self.label is not None:
             m &= cmp("label", pc.equal, self.label)
         return m
+
+
+def _naive(v: datetime | date) -> datetime:
+    """Filter dates as naive local datetimes (what ``taken_at`` holds)."""
+    if not isinstance(v, datetime):
+        v = datetime.combine(v, time.min)
+    if v.tzinfo is not None:
+        v = v.astimezone().replace(tzinfo=None)
+    return v
+
+
+def _glob_to_regex(glob: str) -> str:
+    """RE2 pattern (pyarrow) with exactly the semantics of :func:`_glob_to_like` under ``LIKE``."""
+    out = ["(?s)^"]
+    for ch in glob:
+        if ch == "*":
+            out.append(".*")
+        elif ch == "?":
+            out.append(".")
+        elif ch.isalnum() or ord(ch) > 127:
+            out.append(ch)
+        else:
+            out.append("\\x{%x}" % ord(ch))
+    out.append("$")
+    return "".join(out)
 
 
 def _glob_to_like(glob: str) -> str:
