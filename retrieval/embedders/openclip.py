@@ -360,7 +360,7 @@ def _unavailable(spec: str, name: str, reason: str, online: bool) -> ModelUnavai
     reason = " ".join(str(reason).split())
     if len(reason) > 300:
         reason = reason[:297] + "..."
-    what = "cannot be downloaded" if online else "cannot be loaded offline (weights are not cached locally)"
+    what = "cannot be downloaded" if online else "cannot be loaded offline (not cached locally)"
     return ModelUnavailableError(
         f"model {spec} {what}: {reason}; " + _HOW_TO_SUPPLY.format(name=name)
     )
@@ -611,7 +611,15 @@ class OpenClipEmbedder(Embedder):
                 context_length=text_cfg.get("context_length", 77),
                 **(text_cfg.get("tokenizer_kwargs") or {}),
             )
-        return open_clip.get_tokenizer(oc_name, cache_dir=cache_dir)
+        try:
+            return open_clip.get_tokenizer(oc_name, cache_dir=cache_dir)
+        except (OSError, ValueError, RuntimeError) as e:
+            tok = text_cfg.get("hf_tokenizer_name") or oc_name
+            raise _unavailable(
+                self.model_id, self.spec.name or "NAME",
+                f"its tokenizer ({tok}) is not in the Hugging Face cache ({type(e).__name__}: {e})",
+                online=False,
+            ) from e
 
     def _load_random(self) -> None:
         import open_clip
