@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 #: Refuse images whose declared width × height exceeds this (pixels). Same as Pillow's hard limit
 #: (2 × the default ``Image.MAX_IMAGE_PIXELS``) and the indexer's default.

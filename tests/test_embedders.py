@@ -315,9 +315,12 @@ def test_model_configs_env_registers_architectures(monkeypatch, tmp_path):
 # ------------------------------------------------------------------------------------------------
 
 
-def _assert_offline_message(msg: str, name: str = "ViT-B-32"):
+def _assert_offline_message(msg: str, name: str | None = "ViT-B-32"):
     assert "cannot be loaded offline" in msg
-    assert f"--model {name}:/path/to/open_clip_pytorch_model.bin" in msg
+    if name:
+        assert f"--model {name}:/path/to/open_clip_pytorch_model.bin" in msg
+    else:
+        assert "--model /path/to/repo-dir" in msg
     assert "HF_HUB_OFFLINE=1" in msg and "HF_HOME" in msg
     assert "--model lite" in msg
     assert "\n" not in msg
@@ -348,7 +351,7 @@ def test_unreachable_network_fails_fast(monkeypatch, tmp_path):
 
     monkeypatch.setattr(hfc, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(oc, "_network_available", lambda *a: False)
-    for spec, name in [("ViT-B-32:laion2b_s34b_b79k", "ViT-B-32"), ("hf-hub:org/not-cached", "NAME")]:
+    for spec, name in [("ViT-B-32:laion2b_s34b_b79k", "ViT-B-32"), ("hf-hub:org/not-cached", None)]:
         with pytest.raises(ModelUnavailableError) as ei:
             OpenClipEmbedder(spec, device="cpu").warmup()
         _assert_offline_message(str(ei.value), name)

@@ -54,7 +54,7 @@ _MAX_ASPECT_BEFORE_CROP = 2.0
 
 _HF_DEFAULT_WEIGHTS = "open_clip_pytorch_model.bin"
 _HOW_TO_SUPPLY = (
-    "supply weights with a local checkpoint (--model {name}:/path/to/open_clip_pytorch_model.bin), "
+    "supply weights with {local}, "
     "a pre-populated Hugging Face cache (set HF_HOME to it and HF_HUB_OFFLINE=1), "
     "or use --model lite (the built-in offline model)"
 )
@@ -185,7 +185,7 @@ def parse_spec(spec: str) -> ModelSpec:
         if not path.is_file():
             raise ModelUnavailableError(
                 f"checkpoint file not found: {path} (from --model {spec}); "
-                + _HOW_TO_SUPPLY.format(name=name)
+                + _how_to_supply(name)
             )
         return ModelSpec(kind="file", canonical=f"{name}:{path}", name=name, path=str(path))
 
@@ -356,13 +356,21 @@ def _cached_hf_file(repo: str, filenames: Sequence[str]) -> str | None:
     return None
 
 
-def _unavailable(spec: str, name: str, reason: str, online: bool) -> ModelUnavailableError:
+def _how_to_supply(name: str | None) -> str:
+    if name:
+        local = f"a local checkpoint (--model {name}:/path/to/open_clip_pytorch_model.bin)"
+    else:  # hf-hub / directory specs: the repo itself, copied to disk
+        local = "a local copy of the repo (--model /path/to/repo-dir with open_clip_config.json + weights)"
+    return _HOW_TO_SUPPLY.format(local=local)
+
+
+def _unavailable(spec: str, name: str | None, reason: str, online: bool) -> ModelUnavailableError:
     reason = " ".join(str(reason).split())
     if len(reason) > 300:
         reason = reason[:297] + "..."
     what = "cannot be downloaded" if online else "cannot be loaded offline (not cached locally)"
     return ModelUnavailableError(
-        f"model {spec} {what}: {reason}; " + _HOW_TO_SUPPLY.format(name=name)
+        f"model {spec} {what}: {reason}; " + _how_to_supply(name)
     )
 
 
@@ -469,6 +477,7 @@ class OpenClipEmbedder(Embedder):
         self.batch_size = int(batch_size) if batch_size else _default_batch_size(self.device)
         self._lock = threading.Lock()
         self._model = None
+        self._pending_model = None
         self._tokenizer = None
         self._transform: _OpenClipTransform | None = None
         self._model_cfg: dict[str, Any] = {}
@@ -492,7 +501,7 @@ class OpenClipEmbedder(Embedder):
     def _load(self) -> None:
         s = self.spec
         online: bool | None = None
-        name_for_msg = s.name or "NAME"
+        name_for_msg = s.name
         try:
             import open_clip  # noqa: F401  (fail here, not half-way)
 
@@ -508,6 +517,8 @@ class OpenClipEmbedder(Embedder):
                 online = self._load_hf_hub()
             else:  # pragma: no cover
                 raise ImgragError(f"unsupported model spec kind {s.kind!r}")
+            # publish last: other threads test `_model` without the lock
+            self._model, self._pending_model = self._pending_model, None
         except ImgragError:
             self._reset()
             raise
@@ -529,6 +540,7 @@ class OpenClipEmbedder(Embedder):
 
     def _reset(self) -> None:
         self._model = None
+        self._pending_model = None
         self._tokenizer = None
         self._transform = None
 
@@ -596,7 +608,7 @@ class OpenClipEmbedder(Embedder):
         preprocess_val = image_transform_v2(PreprocessCfg(**pp), is_train=False)
         self._transform = _OpenClipTransform(preprocess_val, pp.get("resize_mode", "shortest"))
         self._quick_gelu = quick_gelu or bool(self._model_cfg.get("quick_gelu", False))
-        self._model = model
+        self._pending_model = model  # published by _load() once the tokenizer exists too
 
     def _make_tokenizer(self, oc_name: str, schema_none: bool, cache_dir: str | None = None):
         import open_clip
@@ -616,7 +628,7 @@ class OpenClipEmbedder(Embedder):
         except (OSError, ValueError, RuntimeError) as e:
             tok = text_cfg.get("hf_tokenizer_name") or oc_name
             raise _unavailable(
-                self.model_id, self.spec.name or "NAME",
+                self.model_id, self.spec.name,
                 f"its tokenizer ({tok}) is not in the Hugging Face cache ({type(e).__name__}: {e})",
                 online=False,
             ) from e
@@ -719,7 +731,7 @@ class OpenClipEmbedder(Embedder):
             online = _network_available(_hf_endpoint())
             if not online:
                 missing = "open_clip_config.json" if cfg_path is None else "weights"
-                raise _unavailable(self.model_id, "NAME", f"{missing} of {repo} not in the cache", False)
+                raise _unavailable(self.model_id, None, f"{missing} of {repo} not in the cache", False)
         else:
             cfg = json.loads(Path(cfg_path).read_text(encoding="utf-8"))
             if cfg.get("model_cfg", {}).get("text_cfg", {}).get("hf_tokenizer_name"):
