@@ -211,7 +211,7 @@ class _State:
         self.label_pos = np.full(0, -1, dtype=np.int64)  # label -> live position or -1
         self.index = None  # faiss IndexIDMap2
         self.base = None  # the index inside the id map (downcast)
-        self.fallback: str | None = None  # why the index is exact Flat instead of the factory
+        self.fallback = False  # True: exact Flat stands in for a factory index not trained yet
         self.trained_rows = 0
         self.dead_in_index: set[int] = set()
         self.note: str | None = None
@@ -304,7 +304,7 @@ class FaissStore(VectorStore):
       an id map: ``"Flat"`` (default, exact), ``"HNSW32"``, ``"HNSW32,SQ8"``, ``"IVF4096,SQ8"``,
       ``"IVF1024,PQ64"`` … Indexes that need training search exactly (Flat) until ``optimize()``
       sees enough rows (39 per IVF list / PQ centroid); ``describe()`` says so.
-    - ``nprobe`` (IVF lists searched; default ``max(8, nlist/16)``), ``ef_search`` (HNSW, default 64).
+    - ``nprobe`` (IVF lists searched; default ``max(8, nlist/16)``), ``ef_search`` (HNSW, default 128).
     - ``exact_filter_rows``: an approximate index answers a filter matching at most this many rows
       by exact search over them (default 20 000).
     - ``gpu``: ``None`` (default: use a GPU when faiss-gpu sees one), ``True``/``False``.
@@ -315,7 +315,7 @@ class FaissStore(VectorStore):
     kind = "faiss"
 
     def __init__(self, root: Path, dim: int, *, factory: str = "Flat", nprobe: int | None = None,
-                 ef_search: int = 64, exact_filter_rows: int = 20_000, gpu: bool | None = None,
+                 ef_search: int = 128, exact_filter_rows: int = 20_000, gpu: bool | None = None,
                  train_min_rows: int | None = None, max_segments: int = 16, **unknown: Any) -> None:
         super().__init__(root, dim)
         if unknown:
@@ -380,9 +380,14 @@ class FaissStore(VectorStore):
         if man.get("dim") != self.dim:
             raise IndexMismatchError(f"faiss store {self.root} holds {man.get('dim')}-d vectors, the model makes "
                                      f"{self.dim}-d ones; use the index's model or --rebuild")
-        for k in ("generation", "next_label", "entries"):
-            if k not in man:
-                raise CorruptIndexError(f"faiss store manifest {p} lacks {k!r}; rebuild the index with --rebuild")
+        ok = isinstance(man.get("generation"), int) and isinstance(man.get("next_label"), int) \
+            and isinstance(man.get("entries"), list) and (man.get("index") is None or isinstance(man["index"], dict))
+        ok = ok and all(isinstance(e, dict) and isinstance(e.get("gen"), int) and isinstance(e.get("rows"), int)
+                        and e.get("kind") in ("rows", "meta", "del") and isinstance(e.get("file"), str)
+                        and (e["kind"] != "rows" or isinstance(e.get("max_label", -1), int))
+                        for e in man.get("entries") or [])
+        if not ok:
+            raise CorruptIndexError(f"faiss store manifest {p} is malformed; rebuild the index with --rebuild")
         return man, key
 
     def _maybe_refresh(self) -> None:
@@ -467,7 +472,7 @@ class FaissStore(VectorStore):
         else:
             st.index = idx
             st.base = _base(idx)
-            st.fallback = ie.get("fallback")
+            st.fallback = bool(ie.get("fallback"))
             st.trained_rows = int(ie.get("trained_rows", 0))
             tail = live[live >= covered]
             if len(tail):
@@ -604,7 +609,7 @@ class FaissStore(VectorStore):
             idx = faiss.deserialize_index(np.frombuffer(payload, dtype=np.uint8))
         except RuntimeError as ex:
             raise CorruptIndexError(f"{p}: faiss cannot read it ({str(ex).splitlines()[-1][:160]}); --rebuild") from ex
-        idx = faiss.downcast_index(idx)
+        # (no downcast_index here: the returned wrapper owns the index; a downcast copy would not)
         if not isinstance(idx, faiss.IndexIDMap2) or idx.d != self.dim:
             raise CorruptIndexError(f"{p} holds a different kind of faiss index; rebuild the index with --rebuild")
         return idx
@@ -633,18 +638,22 @@ class FaissStore(VectorStore):
 
         n = st.n
         trainable = self._min_train > 0
-        if trainable and not (train and n >= self._min_train):
-            reason = (f"{self.factory} needs >= {self._min_train} rows to train, has {n}" if n < self._min_train
-                      else f"{self.factory} is trained by optimize()")
-            idx = faiss.IndexIDMap2(faiss.IndexFlatIP(self.dim))
-            st.fallback, st.trained_rows = reason, 0
-        else:
+        idx = None
+        if trainable and train and n >= self._min_train:
             idx = faiss.IndexIDMap2(faiss.index_factory(self.dim, self.factory, faiss.METRIC_INNER_PRODUCT))
-            st.fallback = None
-            if trainable:
-                sample = self._sample(st, max(self._min_train, min(n, 200_000, 256 * max(self.nlist, 256))))
+            sample = self._sample(st, max(self._min_train, min(n, 200_000, 256 * max(self.nlist, 256))))
+            try:
                 idx.train(sample)
-                st.trained_rows = n
+                st.fallback, st.trained_rows = False, n
+            except RuntimeError as e:  # e.g. fewer rows than IVF lists with a low train_min_rows
+                idx = None
+                st.note = f"training {self.factory} failed ({str(e).splitlines()[-1][:120]}); searching exactly"
+        elif not trainable:
+            idx = faiss.IndexIDMap2(faiss.index_factory(self.dim, self.factory, faiss.METRIC_INNER_PRODUCT))
+            st.fallback = False
+        if idx is None:  # exact search until the factory can be trained
+            idx = faiss.IndexIDMap2(faiss.IndexFlatIP(self.dim))
+            st.fallback, st.trained_rows = True, 0
         live = st.label_pos
         for lab, v in self._iter_vectors(st.man):
             inside = lab < len(live)
@@ -847,7 +856,7 @@ class FaissStore(VectorStore):
             with self._rw.write():
                 st.index, st.base, st.fallback = tmp.index, tmp.base, tmp.fallback
                 st.trained_rows, st.dead_in_index, st.gpu_index = tmp.trained_rows, set(), None
-                st.note = None
+                st.note = tmp.note
         if not rebuild and ie and ie.get("factory") == self.factory and ie.get("next_label") == st.man["next_label"] \
                 and ie.get("ntotal") == st.index.ntotal:
             return  # the saved index is current
@@ -911,9 +920,21 @@ class FaissStore(VectorStore):
             self._garbage.clear()
 
     # --- reading -------------------------------------------------------------------------------
+    @contextmanager
+    def _reading(self):
+        """The current state, up to date with disk, under the read lock."""
+        for _ in range(5):
+            self._maybe_refresh()
+            with self._rw.read():
+                st = self._st
+                if st is not None:
+                    yield st
+                    return
+        raise CorruptIndexError(f"faiss store {self.root} could not be loaded; rebuild the index with --rebuild")
+
     def count(self) -> int:
-        self._maybe_refresh()
-        return self._st.n
+        with self._reading() as st:
+            return st.n
 
     def search(self, queries: np.ndarray, k: int, filters: Filters | None = None,
                exclude_ids: Sequence[str] = ()) -> list[list[Hit]]:
@@ -923,9 +944,7 @@ class FaissStore(VectorStore):
         if q.ndim != 2 or q.shape[1] != self.dim:
             raise ImgragError(f"query vectors must have {self.dim} dimensions, got shape {tuple(q.shape)}")
         nq = q.shape[0]
-        self._maybe_refresh()
-        with self._rw.read():
-            st = self._st
+        with self._reading() as st:
             if k <= 0 or nq == 0 or st.n == 0:
                 return [[] for _ in range(nq)]
             allowed = st.live
@@ -947,7 +966,6 @@ class FaissStore(VectorStore):
             else:
                 D, I = self._restricted_search(st, q, kk, allowed, n_allowed)
             # labels -> rows
-            I = np.where(I >= 0, I, -1)
             ok = I >= 0
             inside = np.zeros_like(ok)
             inside[ok] = I[ok] < len(st.label_pos)
@@ -1002,10 +1020,7 @@ class FaissStore(VectorStore):
 
         allowed_labels = st.lab[allowed]
         if n_allowed <= self.exact_filter_rows and not isinstance(st.base, faiss.IndexFlat):
-            try:
-                return self._brute(st, q, k, allowed_labels)
-            except RuntimeError:
-                pass
+            return self._brute(st, q, k, allowed_labels)
         ntotal = st.index.ntotal
         if n_allowed <= ntotal // 2:
             inner = faiss.IDSelectorBatch(allowed_labels)
@@ -1034,7 +1049,10 @@ class FaissStore(VectorStore):
         bestI = np.full((nq, 0), -1, dtype=np.int64)
         for off in range(0, len(labels), _BRUTE_CHUNK):
             lab = labels[off:off + _BRUTE_CHUNK]
-            v = st.index.reconstruct_batch(np.ascontiguousarray(lab))
+            try:
+                v = st.index.reconstruct_batch(np.ascontiguousarray(lab))
+            except RuntimeError:  # this index cannot reconstruct: read the stored vectors
+                v = self._vectors_from_files(st.man, lab)
             s = q @ v.T
             D = np.concatenate([bestD, s.astype(np.float32)], axis=1)
             I = np.concatenate([bestI, np.broadcast_to(lab, s.shape)], axis=1)
@@ -1083,9 +1101,7 @@ class FaissStore(VectorStore):
         cols = list(columns) if columns else [*META_COLUMNS, "vector"]
         check_columns(cols)
         batch_size = max(1, int(batch_size))
-        self._maybe_refresh()
-        with self._rw.read():
-            st = self._st
+        with self._reading() as st:
             allowed = st.live & filters.mask(st.meta) if filters is not None and not filters.is_empty() else st.live
             positions = np.flatnonzero(allowed)
             meta, man = st.meta, st.man
@@ -1102,33 +1118,35 @@ class FaissStore(VectorStore):
         pending: list[pa.Table] = []
         npend = 0
         with self._scanning():
-            for lab, v in self._iter_vectors(man):
-                inside = lab < len(label_pos)
-                p = np.full(len(lab), -1, dtype=np.int64)
-                p[inside] = label_pos[lab[inside]]
-                sel = np.flatnonzero(p >= 0)
-                for off in range(0, len(sel), batch_size):
-                    s = sel[off:off + batch_size]
-                    t = meta.take(pa.array(p[s], pa.int64())).select(meta_cols)
-                    vec = pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(v[s]).reshape(-1)), self.dim)
-                    t = t.append_column(schema.field("vector"), vec).select(cols)
-                    pending.append(t)
-                    npend += t.num_rows
-                    while npend >= batch_size:
-                        allt = pa.concat_tables(pending).combine_chunks()
-                        yield from allt.slice(0, batch_size).cast(schema).to_batches()
-                        rest = allt.slice(batch_size)
-                        pending, npend = ([rest] if rest.num_rows else []), rest.num_rows
-            if npend:
-                yield from pa.concat_tables(pending).combine_chunks().cast(schema).to_batches()
+            try:
+                for lab, v in self._iter_vectors(man):
+                    inside = lab < len(label_pos)
+                    p = np.full(len(lab), -1, dtype=np.int64)
+                    p[inside] = label_pos[lab[inside]]
+                    sel = np.flatnonzero(p >= 0)
+                    for off in range(0, len(sel), batch_size):
+                        s = sel[off:off + batch_size]
+                        t = meta.take(pa.array(p[s], pa.int64())).select(meta_cols)
+                        vec = pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(v[s]).reshape(-1)), self.dim)
+                        t = t.append_column(schema.field("vector"), vec).select(cols)
+                        pending.append(t)
+                        npend += t.num_rows
+                        while npend >= batch_size:
+                            allt = pa.concat_tables(pending).combine_chunks()
+                            yield from allt.slice(0, batch_size).cast(schema).to_batches()
+                            rest = allt.slice(batch_size)
+                            pending, npend = ([rest] if rest.num_rows else []), rest.num_rows
+                if npend:
+                    yield from pa.concat_tables(pending).combine_chunks().cast(schema).to_batches()
+            except _Missing as e:
+                raise ImgragError(f"another process compacted {self.root} during the scan (file {e} is gone); "
+                                  "run the command again") from e
 
     def get(self, ids: Sequence[str], columns: Sequence[str] | None = None) -> pa.Table:
         cols = list(columns) if columns else [*META_COLUMNS, "vector"]
         check_columns(cols)
-        self._maybe_refresh()
         schema = pa.schema([row_schema(self.dim).field(c) for c in cols])
-        with self._rw.read():
-            st = self._st
+        with self._reading() as st:
             pos = [st.pos[i] for i in dict.fromkeys(str(x) for x in ids) if i in st.pos]
             if not pos:
                 return schema.empty_table()
@@ -1142,7 +1160,11 @@ class FaissStore(VectorStore):
                 vecs = st.index.reconstruct_batch(np.ascontiguousarray(labels))
             man = st.man
         if vecs is None:
-            vecs = self._vectors_from_files(man, labels)
+            try:
+                vecs = self._vectors_from_files(man, labels)
+            except _Missing as e:
+                raise ImgragError(f"another process compacted {self.root} meanwhile (file {e} is gone); "
+                                  "run the command again") from e
         vec = pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(vecs, np.float32).reshape(-1)), self.dim)
         return t.append_column(schema.field("vector"), vec).select(cols).cast(schema)
 
@@ -1174,16 +1196,18 @@ class FaissStore(VectorStore):
         return total
 
     def describe(self) -> dict[str, Any]:
-        self._maybe_refresh()
-        with self._rw.read():
-            st = self._st
+        with self._reading() as st:
             ie = st.man.get("index") or {}
-            d: dict[str, Any] = {"kind": self.kind, "factory": self.factory, "rows": st.n,
-                                 "files": len(st.man["entries"]),
-                                 "index": (f"Flat (exact; {st.fallback})" if st.fallback else self.factory),
+            if st.fallback:
+                why = (f"{self.factory} needs >= {self._min_train} rows to train, has {st.n}"
+                       if st.n < self._min_train else f"{self.factory} will be trained by the next optimize()")
+                index = f"Flat (exact search; {why})"
+            else:
+                index = self.factory
+            d: dict[str, Any] = {"kind": self.kind, "factory": self.factory, "index": index, "rows": st.n,
                                  "exact": bool(st.fallback) or self.factory == "Flat",
-                                 "index_rows": int(st.index.ntotal), "stale_index_rows": int(st.index.ntotal) - len(st.dead_in_index) - (int(ie.get("ntotal", 0)) if ie else 0),
-                                 "saved_index": bool(ie)}
+                                 "files": len(st.man["entries"]), "index_vectors": int(st.index.ntotal),
+                                 "index_saved": bool(ie) and ie.get("next_label") == st.man["next_label"]}
             if self._min_train:
                 d["train_min_rows"] = self._min_train
                 d["trained_rows"] = st.trained_rows

@@ -18,6 +18,7 @@ import math
 import os
 import threading
 import time
+import warnings
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -54,7 +55,7 @@ def _sub_vectors(dim: int) -> int:
 class LanceStore(VectorStore):
     """LanceDB-backed :class:`VectorStore`.
 
-    Options (``--store-option`` / manifest ``store_options``):
+    Options (the index manifest's ``store_options``):
 
     - ``ann``: ``"ivf_pq"`` (default; compact, exact re-ranking of candidates), ``"ivf_hnsw_sq"``
       (larger, higher recall) or ``"none"`` (always exact).
@@ -101,7 +102,12 @@ class LanceStore(VectorStore):
         rci = None if consistency_s is None else timedelta(seconds=float(consistency_s))
         try:
             self._db = lancedb.connect(str(self.root), read_consistency_interval=rci)
-            self._tbl = self._db.create_table(TABLE, schema=row_schema(dim), exist_ok=True)
+            try:
+                self._tbl = self._db.open_table(TABLE)
+            except ValueError as e:
+                if "not found" not in str(e):
+                    raise
+                self._tbl = self._db.create_table(TABLE, schema=row_schema(dim), exist_ok=True)
             schema = self._tbl.schema
         except (OSError, RuntimeError, ValueError) as e:
             raise CorruptIndexError(f"cannot open the LanceDB table in {self.root} ({_short(e)}); "
@@ -138,17 +144,25 @@ class LanceStore(VectorStore):
     def optimize(self) -> None:
         older = timedelta(seconds=max(0.0, self.keep_versions_s))
         # Compact fragments, fold rows added since the ANN index was built into it, prune versions.
-        self._tbl.optimize(cleanup_older_than=older)
+        self._lance_optimize(older)
         n = self._tbl.count_rows()
-        if self.ann != "none" and n >= self.ann_min_rows:
-            cur = self._vector_index(refresh=True)
+        cur = self._vector_index(refresh=True)
+        if self.ann == "none":
+            if cur is not None:  # switched to exact search: drop the old index
+                self._tbl.drop_index(cur.name)
+        elif n >= self.ann_min_rows:
             parts = self._partitions(n)
             have = _parts_from_name(cur.name) if cur is not None else None
             if cur is None or have is None or parts >= 2 * have or _ann_from_name(cur.name) != self.ann:
                 self._create_index(n, parts, replace_name=cur.name if cur is not None else None)
-                self._tbl.optimize(cleanup_older_than=older)
+                self._lance_optimize(older)
         with self._lock:
             self._idx_cache = None
+
+    def _lance_optimize(self, older: timedelta) -> None:
+        with warnings.catch_warnings():  # LanceDB warns about cleanup_older_than=0, which the user asked for
+            warnings.simplefilter("ignore", UserWarning)
+            self._tbl.optimize(cleanup_older_than=older)
 
     def _partitions(self, n: int) -> int:
         if self.ann == "ivf_pq":
