@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -213,6 +214,10 @@ def _run(index: Index, roots: list[str], opts: IndexOptions, progress) -> IndexR
                                 prefetch_factor=2 if workers > 0 else None,
                                 persistent_workers=False)
             tw = time.perf_counter()
+            # Workers only read files and run the image transform; they never touch the store, so
+            # LanceDB's "fork support is experimental" warning (about its runtime in the child) does
+            # not apply to them.
+            warnings.filterwarnings("ignore", message=".*fork support is experimental.*")
             for results, pixels, rows in loader:
                 secs["wait"] += time.perf_counter() - tw
                 for r in results:
