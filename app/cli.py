@@ -131,25 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
     pn.add_argument("--errors", action="store_true", help="list files that could not be indexed, with reasons")
     pn.add_argument("--json", action="store_true")
 
-    # ask
-    pa = sub.add_parser("ask", parents=[common], help="answer a question from the retrieved images, citing them")
-    pa.add_argument("question")
-    pa.add_argument("-k", "--top-k", dest="k", type=_positive_int, default=8, help="images retrieved (default 8)")
-    pa.add_argument("--max-images", type=_positive_int, default=4, help="images passed to the generator (default 4)")
-    pa.add_argument("--generator", default=None,
-                    help="hf:HUB_ID_OR_DIR, anthropic:MODEL, openai:MODEL or smollm2 (default: smollm2, offline)")
-    pa.add_argument("--min-score", type=float, default=None,
-                    help="if the best match scores below this, say the collection does not contain the answer")
-    pa.add_argument("--rerank", action="store_true", help="re-score the retrieved images before choosing which to send")
-    _filter_args(pa)
-    pa.add_argument("--json", action="store_true")
-
-    # serve
-    pv = sub.add_parser("serve", parents=[common], help="start the web UI")
-    pv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    pv.add_argument("--port", type=int, default=7860)
-    pv.add_argument("--auth", metavar="USER:PASS", help="require this login (recommended with --host 0.0.0.0)")
-    pv.add_argument("--generator", default=None, help="generator for the Ask tab (default smollm2)")
+    # ask (only when the answer module is installed in this build)
+    if _available("imgrag.retrieval.queries.answer"):
+        _add_ask(sub, common)
+    if _available("imgrag.app.ui"):
+        _add_serve(sub, common)
 
     # eval
     pe = sub.add_parser("eval", parents=[common], help="measure retrieval / zero-shot quality of a model on your data")
@@ -170,6 +156,37 @@ def build_parser() -> argparse.ArgumentParser:
     ez.add_argument("--batch-size", type=_positive_int, default=64)
     ez.add_argument("--json", action="store_true")
     return p
+
+
+def _available(module: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _add_ask(sub, common) -> None:
+    pa = sub.add_parser("ask", parents=[common], help="answer a question from the retrieved images, citing them")
+    pa.add_argument("question")
+    pa.add_argument("-k", "--top-k", dest="k", type=_positive_int, default=8, help="images retrieved (default 8)")
+    pa.add_argument("--max-images", type=_positive_int, default=4, help="images passed to the generator (default 4)")
+    pa.add_argument("--generator", default=None,
+                    help="hf:HUB_ID_OR_DIR, anthropic:MODEL, openai:MODEL or smollm2 (default: smollm2, offline)")
+    pa.add_argument("--min-score", type=float, default=None,
+                    help="if the best match scores below this, say the collection does not contain the answer")
+    pa.add_argument("--rerank", action="store_true", help="re-score the retrieved images before choosing which to send")
+    _filter_args(pa)
+    pa.add_argument("--json", action="store_true")
+
+
+def _add_serve(sub, common) -> None:
+    pv = sub.add_parser("serve", parents=[common], help="start the web UI")
+    pv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    pv.add_argument("--port", type=int, default=7860)
+    pv.add_argument("--auth", metavar="USER:PASS", help="require this login (recommended with --host 0.0.0.0)")
+    pv.add_argument("--generator", default=None, help="generator for the Ask tab (default smollm2)")
 
 
 def _filter_args(p: argparse.ArgumentParser) -> None:
