@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     common.add_argument("--debug", action="store_true", help="show tracebacks for errors")
 
-    p = argparse.ArgumentParser(prog="imgrag", description="Search, classify and ask questions over image collections.")
+    p = argparse.ArgumentParser(prog="imgrag", description="Search and classify image collections by meaning (CLIP/SigLIP embeddings in LanceDB or FAISS).")
     p.add_argument("--version", action="version", version=f"imgrag {_version()}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
