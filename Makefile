@@ -46,8 +46,8 @@ demo-index: install
 	$(VENV)/bin/imgrag search "a cup of coffee" -k 3 --index $(DEMO_INDEX)
 	@echo; echo '$$ imgrag search "a boat on the water"'
 	$(VENV)/bin/imgrag search "a boat on the water" -k 3 --index $(DEMO_INDEX)
-	@echo; echo '$$ imgrag classify --labels "animal,food,vehicle,plant,building,person"'
-	$(VENV)/bin/imgrag classify --labels "animal,food,vehicle,plant,building,person" --limit 12 --index $(DEMO_INDEX)
+	@echo; echo '$$ imgrag classify --labels "animal,food,vehicle,building,musical instrument,plant,outer space"'
+	$(VENV)/bin/imgrag classify --labels "animal,food,vehicle,building,musical instrument,plant,outer space" --limit 12 --index $(DEMO_INDEX)
 
 demo: demo-index
 	@if [ -f app/ui.py ] && [ -z "$(NO_SERVE)" ]; then \
