@@ -1,5 +1,5 @@
 # imgrag — two commands on a fresh machine:
-#   make demo   set up .venv, index data/samples with the offline lite model, search, classify, start the UI
+#   make demo   set up .venv, index data/samples with the offline lite model, search, classify (then the UI once it exists)
 #   make test   set up .venv and run the test suite
 SHELL := /bin/bash
 PYTHON ?= python3
