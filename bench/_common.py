@@ -397,7 +397,7 @@ def make_jpegs(folder: Path, n: int, width: int, height: int, quality: int = 90,
     """
     folder = Path(folder)
     if noise is None:
-        noise = 6 if width * height >= 4_000_000 else 3
+        noise = 12 if width * height >= 4_000_000 else 4
     todo = []
     dirs = []
     for i in range(n):
