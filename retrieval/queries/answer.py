@@ -1,0 +1,358 @@
+"""Question answering over the index: retrieve → choose images → generator → answer citing ``[n]``.
+
+:func:`answer` retrieves eagerly (errors surface at once), then returns an :class:`AnswerStream`;
+iterating it loads the generator lazily and yields the answer as it is generated. When the stream is
+exhausted, ``stream.result`` holds the :class:`AnswerResult`: the text, the images it cites, the images
+sent and those dropped (with the reason in ``notes``).
+
+Hallucination guard: when the best retrieval score is below ``min_score`` (default per embedding model
+family, :func:`default_min_score`) no generator is called and the answer says the collection does not
+seem to contain the answer.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Iterator
+
+from imgrag.retrieval.errors import BadQueryError
+from imgrag.retrieval.generators.base import EvidenceItem, Generator
+from imgrag.retrieval.generators.prompt import parse_citations, says_not_shown
+from imgrag.retrieval.stores.base import Filters, Hit
+
+if TYPE_CHECKING:  # pragma: no cover
+    from PIL import Image
+
+    from imgrag.retrieval.index import Index
+
+log = logging.getLogger(__name__)
+
+#: Default guard thresholds (cosine similarity of the question to the best image) per model family.
+#: ``lite`` was measured on data/samples (docs/generators.md); the CLIP and SigLIP values are
+#: conservative starting points from those models' usual score ranges, not measured here.
+MIN_SCORE_DEFAULTS = {"lite": 0.30, "siglip": 0.05, "clip": 0.18}
+
+
+@dataclass
+class Citation:
+    n: int
+    id: str
+    path: str
+    score: float
+    page: int | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class AnswerResult:
+    question: str
+    text: str
+    citations: list[Citation]  # items the answer cites ([n] found in the text)
+    sent: list[Citation]  # items passed to the generator
+    dropped: list[Citation]  # retrieved but not sent (cap / budget / unreadable), reasons in notes
+    generator: str
+    text_only: bool
+    no_answer: bool  # hallucination guard fired (best score below min_score)
+    best_score: float | None
+    notes: list[str] = field(default_factory=list)
+    min_score: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        return d
+
+
+NO_ANSWER_TEXT = ("The collection does not seem to contain images that answer this question "
+                  "(best match {best} is below the relevance threshold {thr}).")
+
+
+def default_min_score(model_id: str) -> float:
+    """Guard threshold for an index built with ``model_id`` (see :data:`MIN_SCORE_DEFAULTS`)."""
+    m = (model_id or "").lower()
+    if m == "lite" or m.startswith("lite:"):
+        return MIN_SCORE_DEFAULTS["lite"]
+    if "siglip" in m:
+        return MIN_SCORE_DEFAULTS["siglip"]
+    return MIN_SCORE_DEFAULTS["clip"]
+
+
+class AnswerStream:
+    """Iterate to get the answer text in chunks; ``result`` is set once the iteration ends.
+
+    ``items`` (the evidence sent, with resized images), ``sent``, ``dropped`` and ``notes`` are known
+    before the first chunk, so a UI can show the images while the answer streams.
+    """
+
+    def __init__(self, question: str, generator: Generator | None, generator_name: str, text_only: bool,
+                 items: list[EvidenceItem], dropped: list[Citation], notes: list[str],
+                 best_score: float | None, min_score: float | None, no_answer: bool) -> None:
+        self.question = question
+        self.generator = generator
+        self.generator_name = generator_name
+        self.text_only = text_only
+        self.items = items
+        self.sent = [_cite(it) for it in items]
+        self.dropped = dropped
+        self.notes = notes
+        self.best_score = best_score
+        self.min_score = min_score
+        self.no_answer = no_answer
+        self.result: AnswerResult | None = None
+        self._started = False
+
+    def __iter__(self) -> Iterator[str]:
+        if self._started:
+            raise RuntimeError("an AnswerStream can be iterated only once")
+        self._started = True
+        return self._run()
+
+    def text(self) -> str:
+        """Consume the stream and return the whole answer text."""
+        if not self._started:
+            for _ in self:
+                pass
+        return self.result.text if self.result else ""
+
+    def _run(self) -> Iterator[str]:
+        notes = list(self.notes)
+        if self.no_answer:
+            text = NO_ANSWER_TEXT.format(best="none" if self.best_score is None else f"{self.best_score:.3f}",
+                                         thr=f"{self.min_score:.3f}")
+            yield text
+            self.result = self._finish(text, [], notes)
+            return
+        chunks: list[str] = []
+        for chunk in self.generator.stream(self.question, self.items):
+            if chunk:
+                chunks.append(chunk)
+                yield chunk
+        text = "".join(chunks).strip()
+        valid = {it.n for it in self.items}
+        cited = parse_citations(text, valid)
+        invalid = [n for n in parse_citations(text) if n not in valid]
+        if invalid:
+            notes.append(f"the answer cites image number(s) {invalid} that were not given to the model; ignored")
+        if not cited and self.items and not says_not_shown(text):
+            if getattr(self.generator, "ground_fallback", False):
+                n = grounding_fallback(text, self.items)
+                extra = f" [{n}]"
+                yield extra
+                text = text + extra
+                cited = [n]
+                notes.append(f"{self.generator_name} cited no image; attached [{n}], the sent image whose text "
+                             "evidence overlaps the answer most (ties: best retrieval score)")
+            else:
+                notes.append("the answer cites no image")
+        self.result = self._finish(text, cited, notes)
+
+    def _finish(self, text: str, cited: list[int], notes: list[str]) -> AnswerResult:
+        by_n = {it.n: it for it in self.items}
+        return AnswerResult(question=self.question, text=text, citations=[_cite(by_n[n]) for n in cited],
+                            sent=list(self.sent), dropped=list(self.dropped), generator=self.generator_name,
+                            text_only=self.text_only, no_answer=self.no_answer, best_score=self.best_score,
+                            notes=notes, min_score=self.min_score)
+
+
+def _cite(it: EvidenceItem) -> Citation:
+    return Citation(n=it.n, id=it.id, path=it.path, score=float(it.score), page=it.page)
+
+
+_WORD = re.compile(r"[a-z0-9]+")
+_STOP = frozenset("a an the of in on at to is are was were be this that these those it its with and or for "
+                  "from by as image images photo photos picture pictures show shows shown do does not what "
+                  "which who where when how there here any some data file name".split())
+
+
+def _words(text: str) -> set[str]:
+    return {w for w in _WORD.findall(text.lower()) if w not in _STOP and len(w) > 1}
+
+
+def grounding_fallback(text: str, items: list[EvidenceItem]) -> int:
+    """Deterministic citation for an answer that cites nothing: the item whose facts share the most
+    words with the answer; ties (including no overlap at all) go to the best retrieval score."""
+    aw = _words(text)
+    best = max(items, key=lambda it: (len(aw & _words(" ".join(it.facts.values()))), it.score, -it.n))
+    return best.n
+
+
+def answer(index: "Index", question: str, *, k: int = 8, max_images: int = 4, generator: "str | Generator | None" = None,
+           min_score: float | None = None, filters: Filters | None = None, rerank: bool = False) -> AnswerStream:
+    """Answer ``question`` from the images in ``index``; see the module docstring.
+
+    ``generator``: a spec (``smollm2``, ``hf:ID_OR_DIR``, ``anthropic:MODEL``, ``openai:MODEL``; None →
+    smollm2) or a :class:`Generator`. ``k`` images are retrieved, at most
+    ``min(max_images, generator.max_images)`` are sent. ``rerank`` re-scores the retrieved images with
+    a lexical cross-check of the question against each image's text evidence before choosing.
+    """
+    from imgrag.retrieval.generators import load_generator
+    from imgrag.retrieval.queries.search import Term, search
+
+    q = " ".join(str(question or "").split())
+    if not q:
+        raise BadQueryError("empty question; ask something about the images")
+    if k < 1:
+        raise BadQueryError(f"k must be at least 1, got {k}")
+    if max_images < 1:
+        raise BadQueryError(f"max_images must be at least 1, got {max_images}")
+    gen = generator if isinstance(generator, Generator) else load_generator(generator)
+    thr = float(min_score) if min_score is not None else default_min_score(index.manifest.model)
+
+    hits = search(index, [Term("text", q, 1.0)], k=k, filters=filters)
+    notes: list[str] = []
+    best = float(hits[0].score) if hits else None
+    if best is None or best < thr:
+        items = []
+        dropped = [Citation(i + 1, h.id, h.path, float(h.score), h.row.get("page")) for i, h in enumerate(hits)]
+        return AnswerStream(q, gen, gen.name, gen.text_only, items, dropped, notes, best, thr, no_answer=True)
+
+    facts = [_facts(index, h) for h in hits]
+    order = list(range(len(hits)))
+    if rerank:
+        order = rerank_order(q, hits, facts)
+        if order != list(range(len(hits))):
+            notes.append("rerank changed the order of the retrieved images (lexical cross-check of the question "
+                         "with each image's text evidence)")
+    cap = max(1, min(max_images, int(getattr(gen, "max_images", max_images) or max_images)))
+    items: list[EvidenceItem] = []
+    dropped: list[Citation] = []
+    unreadable: list[str] = []
+    for rank, i in enumerate(order):
+        h = hits[i]
+        if len(items) >= cap:
+            dropped.append(Citation(0, h.id, h.path, float(h.score), h.row.get("page")))
+            continue
+        image = None
+        if not gen.text_only:
+            image = _load_image(h, getattr(gen, "image_size", None))
+            if image is None:
+                unreadable.append(h.path)
+                dropped.append(Citation(0, h.id, h.path, float(h.score), h.row.get("page")))
+                continue
+        items.append(EvidenceItem(n=len(items) + 1, id=h.id, path=h.path, score=float(h.score),
+                                  page=h.row.get("page"), image=image, facts=facts[i]))
+    over = len(dropped) - len(unreadable)
+    if over:
+        why = (f"the generator's limit of {gen.max_images} images (model context)"
+               if gen.max_images < max_images else f"max_images={max_images}")
+        notes.append(f"sent {len(items)} of {len(hits)} retrieved images; {over} dropped by {why}")
+    for p in unreadable:
+        notes.append(f"could not read {p} (moved or deleted since indexing?); not sent")
+    if not items:
+        return AnswerStream(q, gen, gen.name, gen.text_only, [], dropped, notes, best, thr, no_answer=True)
+    if gen.text_only:
+        notes.append(f"{gen.name} sees only the images' text evidence (file name, date, labels, text), not pixels")
+    return AnswerStream(q, gen, gen.name, gen.text_only, items, dropped, notes, best, thr, no_answer=False)
+
+
+#: Weight of the lexical cross-check in :func:`rerank_order` (fraction of question words found in an
+#: image's text evidence, added to the cosine score).
+RERANK_WEIGHT = 0.1
+
+
+def rerank_order(question: str, hits: list[Hit], facts: list[dict[str, str]]) -> list[int]:
+    """Indices of ``hits`` re-ordered by score + RERANK_WEIGHT × (share of question words present in
+    the image's text evidence); stable for ties."""
+    qw = _words(question)
+    if not qw:
+        return list(range(len(hits)))
+
+    def key(i: int) -> float:
+        fw = _words(" ".join(facts[i].values()))
+        return float(hits[i].score) + RERANK_WEIGHT * len(qw & fw) / len(qw)
+
+    return sorted(range(len(hits)), key=lambda i: -key(i))
+
+
+def _facts(index: "Index", h: Hit) -> dict[str, str]:
+    """Text evidence about a hit (all of it untrusted data from the file)."""
+    row = h.row
+    f: dict[str, str] = {"file": os.path.basename(h.path)}
+    parent = os.path.basename(os.path.dirname(h.path))
+    if parent:
+        f["folder"] = parent
+    if row.get("page") is not None:
+        f["page"] = str(row["page"])
+    t = row.get("taken_at")
+    if t is not None:
+        f["taken"] = t.isoformat(sep=" ", timespec="minutes") if isinstance(t, datetime) else str(t)
+    if row.get("width") and row.get("height"):
+        f["size"] = f"{row['width']}x{row['height']}"
+    if row.get("label"):
+        f["label"] = str(row["label"])
+    labels = _lite_labels(index, h)
+    if labels:
+        f["looks like"] = labels
+    if row.get("text"):
+        f["text in image"] = str(row["text"])
+    return f
+
+
+def _lite_labels(index: "Index", h: Hit, top: int = 3) -> str | None:
+    """For the lite model: the ImageNet classes nearest the stored vector (what the image looks like)."""
+    model = (index.manifest.model or "").lower()
+    if not (model == "lite" or model.startswith("lite:")):
+        return None
+    try:
+        import numpy as np
+
+        from imgrag.retrieval.embedders.lite import imagenet_lemmas
+
+        emb = index.embedder
+        cls = getattr(emb, "_lite_answer_classes", None)
+        if cls is None:
+            cls = emb._class_embeddings()
+            emb._lite_answer_classes = cls
+        got = index.store.get([h.id], columns=["id", "vector"])
+        if not got.num_rows:
+            return None
+        v = np.asarray(got["vector"][0].as_py(), dtype=np.float32)
+        sims = cls @ v
+        names = imagenet_lemmas()
+        return ", ".join(names[i][0] for i in np.argsort(-sims)[:top])
+    except Exception as e:  # noqa: BLE001 - labels are a nicety; the answer still works without them
+        log.debug("lite labels unavailable: %s", e)
+        return None
+
+
+def _load_image(h: Hit, size: int | None) -> "Image.Image | None":
+    from PIL import Image
+
+    from imgrag.retrieval.imageio import ImageDecodeError, decode_image
+
+    try:
+        with open(h.path, "rb") as fh:
+            data = fh.read()
+    except OSError:
+        return None
+    page = h.row.get("page")
+    if page is not None and h.path.lower().endswith(".pdf"):
+        img = _render_page(h.path, int(page), size)
+        return img
+    try:
+        img = decode_image(data, draft_size=size).image.convert("RGB")
+    except (ImageDecodeError, OSError, ValueError):
+        return None
+    if size:
+        img.thumbnail((size, size), Image.BICUBIC)
+    return img
+
+
+def _render_page(path: str, page: int, size: int | None) -> "Image.Image | None":
+    try:
+        import pypdfium2 as pdfium
+    except ImportError:
+        return None
+    try:
+        pdf = pdfium.PdfDocument(path)
+        pg = pdf[page - 1]
+        w, h = pg.get_size()
+        scale = (size / max(w, h)) if size else 2.0
+        return pg.render(scale=max(scale, 0.1)).to_pil().convert("RGB")
+    except Exception:  # noqa: BLE001 - a bad page is reported as unreadable
+        return None
