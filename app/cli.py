@@ -63,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--index", metavar="DIR",
-                        help="index directory (default: $IMGRAG_INDEX or ~/.local/share/imgrag/index)")
+                        help="index directory or object-storage URI such as s3://bucket/prefix "
+                             "(default: $IMGRAG_INDEX or ~/.local/share/imgrag/index)")
     common.add_argument("--device", default="auto", help="auto (cuda → mps → cpu), cpu, cuda, cuda:N, mps")
     common.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
                         help="auto: fp16 on CUDA, fp32 on CPU")
@@ -187,6 +188,10 @@ def _add_serve(sub, common) -> None:
     pv.add_argument("--port", type=int, default=7860)
     pv.add_argument("--auth", metavar="USER:PASS", help="require this login (recommended with --host 0.0.0.0)")
     pv.add_argument("--generator", default=None, help="generator for the Ask tab (default smollm2)")
+    pv.add_argument("--max-upload-mb", type=float, default=25, metavar="MB",
+                    help="largest accepted upload in megabytes (default 25)")
+    pv.add_argument("--max-upload-mp", type=float, default=50, metavar="MP",
+                    help="largest accepted upload in megapixels, checked before decoding (default 50)")
 
 
 def _filter_args(p: argparse.ArgumentParser) -> None:
@@ -227,12 +232,10 @@ def _safe(s: str) -> str:
 def cmd_index(args) -> int:
     from imgrag.indexer.pipeline import IndexOptions, build_index
     from imgrag.retrieval.embedders import DEFAULT_MODEL, load_embedder
-    from imgrag.retrieval.index import MANIFEST, Index, Manifest, default_index_dir
+    from imgrag.retrieval.index import Index, Manifest, default_index_dir
 
     root = args.index or default_index_dir()
-    from pathlib import Path
-
-    existing = Manifest.load(Path(root)) if (Path(root) / MANIFEST).exists() and not args.rebuild else None
+    existing = Manifest.load(root) if Manifest.exists(root) and not args.rebuild else None
     model = args.model or (existing.model if existing else DEFAULT_MODEL)
     store = args.store or (existing.store if existing else "lancedb")
     opts = {}
