@@ -37,12 +37,16 @@ class DecodeDataset:
     """Map-style dataset over a work list; picklable (sent to worker processes)."""
 
     def __init__(self, work: Sequence[FileEntry], transform: Callable, draft_size: int | None,
-                 max_pixels: int = DEFAULT_MAX_PIXELS, known_hashes: frozenset[str] = frozenset()) -> None:
+                 max_pixels: int = DEFAULT_MAX_PIXELS, known_hashes: frozenset[str] = frozenset(),
+                 page_transform: Callable | None = None, page_options=None, ocr_lang: str | None = None) -> None:
         self.work = work
         self.transform = transform
         self.draft_size = draft_size
         self.max_pixels = max_pixels
         self.known_hashes = known_hashes
+        self.page_transform = page_transform  # PDF pages (indexer.documents.PageWork items)
+        self.page_options = page_options
+        self.ocr_lang = ocr_lang  # OCR images too (``--ocr``)
 
     def __len__(self) -> int:
         return len(self.work)
@@ -50,6 +54,10 @@ class DecodeDataset:
     def __getitem__(self, i: int):
         entry = self.work[i]
         try:
+            if getattr(entry, "page", None) is not None:  # a PDF page
+                from imgrag.indexer.documents import load_page
+
+                return load_page(entry, self.page_transform, self.page_options, self.known_hashes, DecodeResult)
             return self._load(entry)
         except Exception as e:  # noqa: BLE001 - one odd file must never cost the run
             return DecodeResult(entry, error=f"unexpected error: {type(e).__name__}: {e}"), None
@@ -86,17 +94,28 @@ class DecodeDataset:
         t2 = time.perf_counter()
         meta.update(width=img.width, height=img.height, taken_at=img.taken_at, gps_lat=img.gps_lat,
                     gps_lon=img.gps_lon)
+        if self.ocr_lang:
+            from imgrag.indexer.documents import ocr_photo_text
+
+            meta["text"] = ocr_photo_text(img.image, self.ocr_lang)
         pixels = self.transform(img.image)
         t3 = time.perf_counter()
         return DecodeResult(entry, meta=meta, read_s=t1 - t0, decode_s=t2 - t1, preprocess_s=t3 - t2), pixels
 
 
 def collate(samples):
-    """(results, stacked pixels or None, index of each stacked row into results)."""
+    """(results, stacked pixels or None, index of each stacked row into results).
+
+    A document page brings several views, a (v, 3, H, W) tensor: its v rows share one index, and the
+    pipeline pools their vectors into the page's vector (:func:`imgrag.retrieval.layout.pool_views`).
+    """
     import torch
 
     results = [r for r, _ in samples]
     tensors = [(i, p) for i, (_, p) in enumerate(samples) if p is not None]
     if not tensors:
         return results, None, []
-    return results, torch.stack([p for _, p in tensors]), [i for i, _ in tensors]
+    if all(p.ndim == 3 for _, p in tensors):
+        return results, torch.stack([p for _, p in tensors]), [i for i, _ in tensors]
+    rows = [i for i, p in tensors for _ in range(p.shape[0] if p.ndim == 4 else 1)]
+    return results, torch.cat([p if p.ndim == 4 else p.unsqueeze(0) for _, p in tensors]), rows

@@ -23,10 +23,13 @@ from typing import Callable, Iterable
 import numpy as np
 
 from imgrag.indexer.decode import DEFAULT_MAX_PIXELS, DecodeDataset, collate
+from imgrag.indexer.documents import DocTracker, PageOptions, plan_documents, reuse_key
 from imgrag.indexer.lock import IndexLock
 from imgrag.indexer.scan import FileEntry, Skip, is_under, normalize_roots, scan
 from imgrag.retrieval.errors import ImgragError
 from imgrag.retrieval.index import Index
+from imgrag.retrieval.layout import PageTransform, crop_fraction_of, pool_views
+from imgrag.retrieval.pdf import is_pdf
 from imgrag.retrieval.stores.base import META_COLUMNS, make_rows
 
 log = logging.getLogger("imgrag.indexer")
@@ -48,6 +51,12 @@ class IndexOptions:
     prune: bool = True  # remove rows of files deleted under the given roots
     include_hidden: bool = False
     extensions: frozenset[str] | None = None
+    # documents (PDF): render resolution, tiles per page, OCR of pages without a text layer
+    dpi: float = 150.0
+    page_tiles: int = 2
+    ocr_pages: str = "auto"  # "auto" (when tesseract is installed), "on" (required), "off"
+    ocr_images: bool = False  # also OCR images (screenshots, scans) so their text is searchable
+    ocr_lang: str = "eng"
 
 
 @dataclass
@@ -73,6 +82,10 @@ class IndexReport:
     total_items: int = 0
     interrupted: bool = False
     seconds: dict[str, float] = field(default_factory=dict)  # stage → seconds
+    documents: int = 0  # new/changed PDFs planned in this run
+    pages: int = 0  # their pages
+    ocr_pages: int = 0  # pages whose text came from OCR
+    pages_without_text: int = 0  # pages with no text layer left un-OCR'd (no OCR engine)
 
     @property
     def images_per_s(self) -> float:
@@ -84,13 +97,16 @@ class IndexReport:
                 "new_or_changed": self.new_or_changed, "embedded": self.embedded, "reused": self.reused,
                 "deleted": self.deleted, "skipped": len(self.skipped), "total_items": self.total_items,
                 "interrupted": self.interrupted, "images_per_s": round(self.images_per_s, 2),
+                "documents": self.documents, "pages": self.pages, "ocr_pages": self.ocr_pages,
+                "pages_without_text": self.pages_without_text,
                 "seconds": {k: round(v, 3) for k, v in self.seconds.items()}}
 
 
 def supported_extensions() -> frozenset[str]:
+    from imgrag.retrieval import pdf
     from imgrag.retrieval.imageio import SUPPORTED_EXTENSIONS
 
-    return frozenset(SUPPORTED_EXTENSIONS)
+    return frozenset(SUPPORTED_EXTENSIONS) | (pdf.PDF_EXTENSIONS if pdf.available() else frozenset())
 
 
 def build_index(index: Index, roots: Iterable[str | Path], options: IndexOptions | None = None,
@@ -116,30 +132,50 @@ def _run(index: Index, roots: list[str], opts: IndexOptions, progress) -> IndexR
     rep = IndexReport(roots=roots)
     store = index.store
     exts = opts.extensions or supported_extensions()
+    if opts.ocr_images or opts.ocr_pages == "on":
+        from imgrag.retrieval import ocr
+
+        ocr.require(opts.ocr_lang)
 
     # --- plan: what is new, changed, unchanged, deleted ---------------------------------------------
     t0 = time.perf_counter()
     states = store.file_states()
     known: dict[str, tuple[int, int]] = {}
     known_path: dict[str, str] = {}
-    hash_to_id: dict[str, str] = {}
+    hash_to_id: dict[str, str] = {}  # reuse key (content hash, + page for documents) → a row id
+    doc_rows: dict[str, list[str]] = {}  # document path → its page row ids
+    doc_states: dict[str, set] = {}
     for i, p, s, m, h in zip(*(states[c].to_pylist() for c in ("id", "path", "size", "mtime_ns", "hash"))):
         known[i] = (s, m)
         known_path[i] = p
+        if i != p:  # a document page "<path>#page=<n>"
+            doc_rows.setdefault(p, []).append(i)
+            doc_states.setdefault(p, set()).add((s, m))
         if h:
-            hash_to_id.setdefault(h, i)
+            hash_to_id.setdefault(h if i == p else f"{h}#page={i[len(p) + 6:]}", i)
     prev_skips = {r["path"]: r for r in index.skipped()}
     kept_skips = [r for p, r in prev_skips.items() if not is_under(p, roots)]
     run_skips: list[dict] = []
     seen: set[str] = set()
-    work: list[FileEntry] = []
+    work: list = []  # FileEntry (images) and PageWork (document pages)
+    doc_entries: list[FileEntry] = []
+    page_skips: dict[str, list[dict]] = {}  # document path → skips of single pages
+    for sp, r in prev_skips.items():
+        if "#page=" in sp:
+            page_skips.setdefault(sp.rsplit("#page=", 1)[0], []).append(r)
     for item in scan(roots, exts, exclude=[index.root], include_hidden=opts.include_hidden):
         rep.scanned += 1
         seen.add(item.path)
         if isinstance(item, Skip):
             run_skips.append(item.to_dict())
             continue
+        is_doc = is_pdf(item.path)
         k = known.get(item.path)
+        if is_doc and doc_states.get(item.path) == {(item.size, item.mtime_ns)} and not (
+                opts.retry_skipped and item.path in page_skips):
+            rep.unchanged += 1  # every page row carries the current size and mtime: complete, unchanged
+            run_skips.extend(page_skips.get(item.path, []))
+            continue
         if k is not None and k == (item.size, item.mtime_ns):
             rep.unchanged += 1
             continue
@@ -147,9 +183,14 @@ def _run(index: Index, roots: list[str], opts: IndexOptions, progress) -> IndexR
         if ps is not None and not opts.retry_skipped and (ps.get("size"), ps.get("mtime_ns")) == (item.size, item.mtime_ns):
             run_skips.append(ps)  # unchanged since it failed: don't retry
             continue
-        work.append(item)
+        (doc_entries if is_doc else work).append(item)
     gone = [i for i, p in known_path.items() if is_under(p, roots) and p not in seen] if opts.prune else []
-    rep.new_or_changed = len(work)
+    rep.new_or_changed = len(work) + len(doc_entries)
+    dplan = plan_documents(doc_entries, doc_rows)  # opens each changed PDF once (no rendering)
+    run_skips.extend(dplan.skips)
+    work.extend(dplan.work)
+    docs = DocTracker(dplan)
+    rep.documents, rep.pages = len(dplan.old_ids), dplan.pages_total
     rep.seconds["plan"] = time.perf_counter() - t0
     log.info("scan: %d files, %d unchanged, %d to index, %d gone", rep.scanned, rep.unchanged, len(work), len(gone))
 
@@ -163,6 +204,9 @@ def _run(index: Index, roots: list[str], opts: IndexOptions, progress) -> IndexR
     pending_reuse: list[dict] = []  # metas whose vector comes from another row with the same hash
     new_errors: list[dict] = []
     done = 0
+    cleaned_docs: set[str] = set()
+    if dplan.failed_ids:  # documents that were indexed and can no longer be read: drop their pages
+        store.delete(dplan.failed_ids)
     t_embed = time.perf_counter()
 
     def commit() -> None:
@@ -170,14 +214,21 @@ def _run(index: Index, roots: list[str], opts: IndexOptions, progress) -> IndexR
         if not (pending_meta or pending_reuse):
             return
         tw = time.perf_counter()
-        metas = list(pending_meta)
-        vecs = list(pending_vecs)
-        if pending_reuse:
-            src_ids = list({hash_to_id[m["hash"]] for m in pending_reuse})
+        # a document goes in whole: pages of a document still being read wait for the next commit
+        held = lambda m: docs.is_doc(m["path"]) and not docs.complete(m["path"])  # noqa: E731
+        keep = [j for j, m in enumerate(pending_meta) if not held(m)]
+        metas = [pending_meta[j] for j in keep]
+        vecs = [pending_vecs[j] for j in keep]
+        reuse = [m for m in pending_reuse if not held(m)]
+        later = ([m for m in pending_meta if held(m)],
+                 [v for m, v in zip(pending_meta, pending_vecs) if held(m)],
+                 [m for m in pending_reuse if held(m)])
+        if reuse:
+            src_ids = list({hash_to_id[reuse_key(m)] for m in reuse})
             src = store.get(src_ids)
             by_id = {r["id"]: r for r in src.to_pylist()}
-            for m in pending_reuse:
-                s = by_id.get(hash_to_id[m["hash"]])
+            for m in reuse:
+                s = by_id.get(hash_to_id[reuse_key(m)])
                 if s is None:  # source row vanished (pruned in this run): cannot reuse; rare
                     new_errors.append({**_skip(m, "content matched a deleted item; will be re-embedded next run")})
                     continue
@@ -192,20 +243,30 @@ def _run(index: Index, roots: list[str], opts: IndexOptions, progress) -> IndexR
                 m.setdefault("indexed_at", now)
             store.upsert(make_rows(metas, np.concatenate(vecs, axis=0)))
         failed_known = [e["path"] for e in new_errors if e["path"] in known]
+        for path in list(docs.remaining):  # pages a re-indexed document no longer has
+            if path not in cleaned_docs and docs.complete(path):
+                cleaned_docs.add(path)
+                failed_known += [i for i in docs.old_ids.get(path, [])
+                                 if int(i.rsplit("#page=", 1)[1]) > docs.pages[path]]
         if failed_known:  # a file that was indexed and is now unreadable: drop its stale row
             store.delete(failed_known)
         run_skips.extend(new_errors)
         new_errors.clear()
         save_skips()
         secs["write"] += time.perf_counter() - tw
-        pending_meta, pending_vecs, pending_reuse = [], [], []
+        pending_meta, pending_vecs, pending_reuse = later
 
     try:
         if work:
             emb = index.embedder
             transform = emb.image_transform()  # loads the model
             draft = emb.image_size if opts.draft else None
-            ds = DecodeDataset(work, transform, draft, opts.max_pixels, frozenset(hash_to_id))
+            if opts.ocr_images:
+                draft = None  # OCR needs the full resolution
+            ds = DecodeDataset(work, transform, draft, opts.max_pixels, frozenset(hash_to_id),
+                               page_transform=PageTransform(transform, crop_fraction_of(emb), opts.page_tiles),
+                               page_options=PageOptions(opts.dpi, opts.page_tiles, opts.ocr_pages, opts.ocr_lang),
+                               ocr_lang=opts.ocr_lang if opts.ocr_images else None)
             workers = default_workers() if opts.workers is None else max(0, opts.workers)
             workers = min(workers, max(0, (len(work) + opts.batch_size - 1) // opts.batch_size))
             cuda = str(getattr(emb, "device", "cpu")).startswith("cuda")
@@ -221,22 +282,27 @@ def _run(index: Index, roots: list[str], opts: IndexOptions, progress) -> IndexR
             for results, pixels, rows in loader:
                 secs["wait"] += time.perf_counter() - tw
                 for r in results:
+                    docs.page_done(r.entry.path)
+                    if r.meta is not None:
+                        rep.ocr_pages += bool(r.meta.get("ocr"))
+                        rep.pages_without_text += bool(r.meta.get("needs_ocr"))
                     secs["read"] += r.read_s
                     secs["decode"] += r.decode_s
                     secs["preprocess"] += r.preprocess_s
                     if r.error is not None:
-                        new_errors.append(Skip(r.entry.path, r.error, r.entry.size, r.entry.mtime_ns).to_dict())
+                        new_errors.append(Skip(_key(r.entry), r.error, r.entry.size, r.entry.mtime_ns).to_dict())
                     elif r.reused:
                         pending_reuse.append(r.meta)
                 if pixels is not None:
                     tm = time.perf_counter()
                     vecs = emb.embed_pixels(pixels)
+                    vecs, rows = pool_views(vecs, rows)  # a page's views → one vector
                     secs["model"] += time.perf_counter() - tm
                     bad = ~np.isfinite(vecs).all(axis=1)
                     for j, ri in enumerate(rows):
                         r = results[ri]
                         if bad[j]:
-                            new_errors.append(Skip(r.entry.path, "model produced a non-finite vector",
+                            new_errors.append(Skip(_key(r.entry), "model produced a non-finite vector",
                                                    r.entry.size, r.entry.mtime_ns).to_dict())
                             continue
                         pending_meta.append(r.meta)
@@ -258,6 +324,9 @@ def _run(index: Index, roots: list[str], opts: IndexOptions, progress) -> IndexR
     finally:
         save_skips()
     secs["embed_total"] = time.perf_counter() - t_embed
+    if rep.pages_without_text:
+        log.warning("%d PDF pages have no text layer and were not OCR'd (%s)", rep.pages_without_text,
+                    "OCR is off" if opts.ocr_pages == "off" else "tesseract is not installed")
     if gone:  # after the embeds, so a renamed file can still reuse the vector stored under its old name
         tw = time.perf_counter()
         store.delete(gone)
@@ -273,6 +342,12 @@ def _run(index: Index, roots: list[str], opts: IndexOptions, progress) -> IndexR
     rep.seconds["total"] = time.perf_counter() - t_start
     torch  # keep the import (DataLoader needs torch imported in the parent before forking)
     return rep
+
+
+def _key(entry) -> str:
+    """Skip-list key of a work item: the file path, or ``"<path>#page=<n>"`` for a document page."""
+    page = getattr(entry, "page", None)
+    return f"{entry.path}#page={page}" if page is not None else entry.path
 
 
 def _skip(meta: dict, reason: str) -> dict:

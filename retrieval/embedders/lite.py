@@ -361,6 +361,9 @@ def _quiet_offline_hf():
 class LiteEmbedder(Embedder):
     """EfficientNet-Lite0 + MiniLM (ConSE). Cheap to construct; weights load on first use (thread-safe)."""
 
+    #: The preprocessing keeps the central 224/256 of a square; document pages are padded for it.
+    crop_fraction = IMAGE_SIZE / RESIZE_SIZE
+
     def __init__(self, spec: str = MODEL_ID, device: str = "auto", batch_size: int | None = None):
         self.top_t, self.tau, self.wording = parse_lite_spec(spec)
         self.model_id = canonical_spec(self.top_t, self.tau, self.wording)
