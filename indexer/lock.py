@@ -1,52 +1,112 @@
-"""One writer per index: an advisory ``flock`` on ``<index>/index.lock``.
+"""One writer per index: a POSIX record lock (``fcntl.lockf``) on ``<index>/index.lock``.
 
-The kernel releases the lock when the holder dies (even on SIGKILL), so a stale lock file from a dead
-process never blocks the next run; the pid written inside only serves the error message.
+Why a POSIX lock and not ``flock``: a ``flock`` belongs to the open file description, which every
+forked child (the indexer's DataLoader decode workers) shares. After a SIGKILL of the indexer its
+orphaned workers would keep the index locked for seconds. A POSIX lock belongs to the *process*: it
+is not inherited by ``fork`` and the kernel drops it the moment the holder dies, so a lock left by a
+dead process never blocks the next run. The pid written inside the file only serves messages; a
+file naming a dead process is a stale lock and is simply taken over (and its text replaced).
+
+POSIX locks do not exclude threads or handles of the same process, so a process-wide registry
+refuses a second :class:`IndexLock` on the same index from within one process too.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
+import logging
 import os
 import socket
+import threading
 from pathlib import Path
 
 from imgrag.retrieval.errors import IndexLockedError
 
 LOCK_NAME = "index.lock"
+log = logging.getLogger("imgrag.indexer")
+
+_held: set[str] = set()  # lock files held by this process (real paths)
+_held_guard = threading.Lock()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def read_holder(path: Path) -> str:
+    """The text the current (or last) holder wrote: ``"pid N on HOST"``, or ``""``."""
+    try:
+        return Path(path).read_text(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+def stale_holder(text: str) -> int | None:
+    """The pid named in a lock file's text when that process is gone on this host, else None."""
+    parts = text.split()
+    if len(parts) >= 4 and parts[0] == "pid" and parts[2] == "on" and parts[1].isdigit():
+        if parts[3] == socket.gethostname() and not _pid_alive(int(parts[1])):
+            return int(parts[1])
+    return None
 
 
 class IndexLock:
     def __init__(self, root: Path) -> None:
         self.path = Path(root) / LOCK_NAME
         self._fd: int | None = None
+        self._key: str | None = None
+        #: pid named in a stale lock file that :meth:`acquire` took over (None if the file was clean)
+        self.cleared_stale: int | None = None
+
+    def _refuse(self, holder: str) -> IndexLockedError:
+        return IndexLockedError(
+            f"index {self.path.parent} is being updated by another imgrag process ({holder or 'unknown'}); "
+            "wait for it to finish or stop it")
 
     def acquire(self) -> "IndexLock":
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        key = os.path.realpath(self.path)
+        with _held_guard:
+            if key in _held:
+                raise self._refuse(f"pid {os.getpid()} on {socket.gethostname()}, this process")
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
-                holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
-            finally:
-                os.close(fd)
-            raise IndexLockedError(
-                f"index {self.path.parent} is being updated by another imgrag process ({holder}); "
-                "wait for it to finish or stop it") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
-        self._fd = fd
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                try:
+                    holder = os.pread(fd, 200, 0).decode(errors="replace").strip()
+                finally:
+                    os.close(fd)
+                if e.errno in (errno.EACCES, errno.EAGAIN):
+                    raise self._refuse(holder) from None
+                raise
+            previous = os.pread(fd, 200, 0).decode(errors="replace").strip()
+            self.cleared_stale = stale_holder(previous)
+            if self.cleared_stale is not None:
+                log.info("cleared a stale lock on %s left by dead process %d", self.path.parent, self.cleared_stale)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
+            _held.add(key)
+            self._fd, self._key = fd, key
         return self
 
     def release(self) -> None:
-        if self._fd is not None:
-            try:
-                os.ftruncate(self._fd, 0)
-                fcntl.flock(self._fd, fcntl.LOCK_UN)
-            finally:
-                os.close(self._fd)
-                self._fd = None
+        with _held_guard:
+            if self._fd is not None:
+                try:
+                    os.ftruncate(self._fd, 0)
+                    fcntl.lockf(self._fd, fcntl.LOCK_UN)
+                finally:
+                    os.close(self._fd)
+                    _held.discard(self._key)
+                    self._fd = self._key = None
 
     def __enter__(self) -> "IndexLock":
         return self.acquire()

@@ -211,7 +211,7 @@ def _run(index: Index, roots: list[str], opts: IndexOptions, progress) -> IndexR
 
     def commit() -> None:
         nonlocal pending_meta, pending_vecs, pending_reuse
-        if not (pending_meta or pending_reuse):
+        if not (pending_meta or pending_reuse or new_errors):
             return
         tw = time.perf_counter()
         # a document goes in whole: pages of a document still being read wait for the next commit

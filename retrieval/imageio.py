@@ -104,12 +104,26 @@ def is_supported(path: str) -> bool:
     return dot >= 0 and path[dot:].lower() in SUPPORTED_EXTENSIONS
 
 
+_SIGNATURES = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"),
+               (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"BM", "BMP"))
+
+
 def _sniff_non_image(data: bytes) -> str:
     head = data[:2048]
+    fmt = next((f for sig, f in _SIGNATURES if head.startswith(sig)), None)
+    if fmt is None and head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        fmt = "WEBP"
+    if fmt is not None and (fmt != "BMP" or len(head) >= 14 and b"\x00" in head[:14]):
+        return f"truncated or corrupt {fmt} (its header cannot be read)"
     if head.startswith(b"%PDF"):
         return "not an image (PDF document)"
     if head[:4] in (b"PK\x03\x04",):
         return "not an image (zip archive)"
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    if text.startswith((b"<!doctype html", b"<html", b"<head", b"<body")):
+        return "not an image (HTML page)"
+    if text.startswith((b"<svg", b"<?xml")) and b"<svg" in text:
+        return "not an image (SVG drawing; not supported)"
     if b"\x00" not in head:
         try:
             head.decode("utf-8")
@@ -136,6 +150,9 @@ def decode_image(data: bytes, *, draft_size: int | None = None,
     except UnidentifiedImageError as e:
         raise ImageDecodeError(_sniff_non_image(data)) from e
     except (OSError, SyntaxError, ValueError, EOFError) as e:  # broken headers
+        if "truncated" in str(e).lower() or isinstance(e, EOFError):
+            sig = next((f for sig, f in _SIGNATURES if data.startswith(sig)), "image")
+            raise ImageDecodeError(f"truncated {sig}") from e
         raise ImageDecodeError(f"unreadable image header ({_short(e)})") from e
 
     fmt = img.format

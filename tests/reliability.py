@@ -1,0 +1,151 @@
+"""Helpers for the reliability tests (bad input, crash safety, concurrency).
+
+- :class:`LayoutEmbedder`: like ``fakes.FakeEmbedder`` but orientation-sensitive (mean colour of
+  each quadrant of a 16×16 thumbnail), so "stored upright" is checkable from the stored vector.
+- :func:`all_rows`: every row of an index by id, failing on duplicates.
+- :func:`index_worker_main`: the body of an indexer subprocess (``python tests/reliability.py
+  index ...``) used by the crash and concurrency tests; also a fork server (``serve``) that imports
+  torch/imgrag once and forks one indexer child per request, so 100 SIGKILLed runs do not pay
+  100 interpreter start-ups.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+TESTS = Path(__file__).resolve().parent
+if str(TESTS) not in sys.path:
+    sys.path.insert(0, str(TESTS))
+
+from fakes import FakeEmbedder  # noqa: E402
+from imgrag.retrieval.embedders.base import l2_normalize  # noqa: E402
+
+LAYOUT_DIM = 14
+
+
+class LayoutEmbedder(FakeEmbedder):
+    """Quadrant mean colours (4 × RGB) + 2 constants, L2-normalised: rotations change the vector."""
+
+    def __init__(self, model_id: str = "fake-layout", batch_size: int = 8) -> None:
+        super().__init__(model_id, batch_size)
+
+    @property
+    def dim(self) -> int:
+        return LAYOUT_DIM
+
+    def fingerprint(self) -> dict:
+        return {"model": self.model_id, "thumb": 16, "layout": 2}
+
+    def embed_pixels(self, pixels) -> np.ndarray:
+        self.calls += 1
+        self.images_embedded += int(pixels.shape[0])
+        x = pixels.numpy().astype(np.float32)
+        q = [x[:, :, :8, :8], x[:, :, :8, 8:], x[:, :, 8:, :8], x[:, :, 8:, 8:]]
+        v = np.concatenate([m.mean(axis=(2, 3)) - 0.5 for m in q] + [np.full((len(x), 2), 0.05, np.float32)], axis=1)
+        return l2_normalize(v)
+
+    def embed_texts(self, texts) -> np.ndarray:
+        out = []
+        for t in texts:
+            seed = int.from_bytes(t.encode()[:4].ljust(4, b"\0"), "little")
+            out.append(np.random.default_rng(seed).standard_normal(LAYOUT_DIM).astype(np.float32))
+        return l2_normalize(np.stack(out))
+
+    def vector_of(self, img) -> np.ndarray:
+        """The vector this embedder gives a PIL image (what the indexer should store for it)."""
+        return self.embed_pixels(self.image_transform()(img)[None])[0]
+
+
+def all_rows(index) -> dict[str, dict]:
+    out: dict[str, dict] = {}
+    for b in index.store.scan():
+        for r in b.to_pylist():
+            assert r["id"] not in out, f"duplicate row {r['id']}"
+            out[r["id"]] = r
+    return out
+
+
+def tiny_collection(root: Path, n: int, seed: int = 0, size: int = 12) -> list[Path]:
+    """``n`` small distinct PNG/JPEG images in a few sub-folders (sorted paths)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        sub = root / f"d{i % 7}"
+        sub.mkdir(parents=True, exist_ok=True)
+        arr = rng.integers(0, 256, size=(size, size + i % 5, 3), dtype=np.uint8)
+        p = sub / f"im{i:05d}.{'png' if i % 3 else 'jpg'}"
+        Image.fromarray(arr).save(p)
+        paths.append(p)
+    return sorted(paths)
+
+
+# ------------------------------------------------------------------------------------------------
+# indexer subprocess
+# ------------------------------------------------------------------------------------------------
+def run_index(index_dir: str, store: str, coll: str, commit_every: int, batch_size: int, workers: int) -> int:
+    from imgrag.indexer.pipeline import IndexOptions, build_index
+    from imgrag.retrieval.index import Index
+
+    idx = Index.create_or_open(index_dir, FakeEmbedder(), store=store)
+    rep = build_index(idx, [coll], IndexOptions(batch_size=batch_size, workers=workers,
+                                                 commit_every=commit_every))
+    return rep.total_items
+
+
+def index_worker_main(argv: list[str]) -> None:
+    """``index INDEX STORE COLL COMMIT_EVERY BATCH WORKERS``: one run, prints ``done N``.
+
+    ``serve``: fork server. Reads lines ``INDEX STORE COLL COMMIT_EVERY BATCH WORKERS`` on stdin,
+    forks a child that runs the indexer, prints ``pid N`` right after the fork and ``exit PID CODE``
+    when the child ends (or is killed: CODE is then ``-SIGNAL``).
+    """
+    if argv[0] == "index":
+        n = run_index(argv[1], argv[2], argv[3], int(argv[4]), int(argv[5]), int(argv[6]))
+        print(f"done {n}", flush=True)
+        return
+    assert argv[0] == "serve"
+    # import everything the child needs once, before any fork; open nothing (no LanceDB runtime yet)
+    import faiss  # noqa: F401
+    import lancedb  # noqa: F401
+    import torch  # noqa: F401
+    import torch.utils.data  # noqa: F401
+
+    import imgrag.indexer.pipeline  # noqa: F401
+    import imgrag.retrieval.index  # noqa: F401
+    import imgrag.retrieval.stores.faiss_store  # noqa: F401
+    import imgrag.retrieval.stores.lance  # noqa: F401
+    import PIL.Image  # noqa: F401
+    import PIL.PngImagePlugin  # noqa: F401
+    import PIL.JpegImagePlugin  # noqa: F401
+
+    print("ready", flush=True)
+    for line in sys.stdin:
+        a = line.split()
+        if not a:
+            continue
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                sys.stdin.close()
+                run_index(a[0], a[1], a[2], int(a[3]), int(a[4]), int(a[5]))
+            except BaseException as e:  # noqa: BLE001
+                print(f"child error {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+                code = 1
+            finally:
+                sys.stdout.flush()
+                os._exit(code)
+        print(f"pid {pid}", flush=True)
+        _, status = os.waitpid(pid, 0)
+        code = os.waitstatus_to_exitcode(status)
+        print(f"exit {pid} {code}", flush=True)
+
+
+if __name__ == "__main__":
+    index_worker_main(sys.argv[1:])
