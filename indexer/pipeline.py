@@ -24,7 +24,7 @@ import numpy as np
 
 from imgrag.indexer.decode import DEFAULT_MAX_PIXELS, DecodeDataset, collate
 from imgrag.indexer.documents import DocTracker, PageOptions, plan_documents, reuse_key
-from imgrag.indexer.lock import IndexLock
+from imgrag.indexer.lease import writer_lock
 from imgrag.indexer.scan import FileEntry, Skip, is_under, normalize_roots, scan
 from imgrag.retrieval.errors import ImgragError
 from imgrag.retrieval.index import Index
@@ -120,7 +120,7 @@ def build_index(index: Index, roots: Iterable[str | Path], options: IndexOptions
     for r in roots_n:
         if not os.path.exists(r):
             raise ImgragError(f"path not found: {r}")
-    with IndexLock(index.root):
+    with writer_lock(index.root):  # flock locally, a lease object on s3:// etc.
         return _run(index, roots_n, opts, progress)
 
 
@@ -163,7 +163,7 @@ def _run(index: Index, roots: list[str], opts: IndexOptions, progress) -> IndexR
     for sp, r in prev_skips.items():
         if "#page=" in sp:
             page_skips.setdefault(sp.rsplit("#page=", 1)[0], []).append(r)
-    for item in scan(roots, exts, exclude=[index.root], include_hidden=opts.include_hidden):
+    for item in scan(roots, exts, exclude=[index.root] if index.location.local else [], include_hidden=opts.include_hidden):
         rep.scanned += 1
         seen.add(item.path)
         if isinstance(item, Skip):

@@ -6,8 +6,13 @@ Layout of ``<index>/``::
     lancedb/ | faiss/   the store's own files
     skipped.jsonl    files that could not be indexed, with reasons (rewritten atomically)
     index.lock       held (flock) by the one process writing the index
+    index.lease      instead of index.lock on object storage: the writer's lease (see indexer/lease.py)
 
 The manifest pins the model: opening an index with another model fails instead of mixing vectors.
+
+The root may also be an object-storage URI (``s3://bucket/prefix``, ``gs://…``, ``az://…``): the same
+files live under that prefix (:class:`~imgrag.retrieval.location.Location`), each small file written with
+one atomic PUT.
 """
 
 from __future__ import annotations
@@ -21,17 +26,19 @@ from pathlib import Path
 from typing import Any
 
 from imgrag.retrieval.errors import (CorruptIndexError, IndexMismatchError, IndexNotFoundError)
+from imgrag.retrieval.location import Location, is_uri
 from imgrag.retrieval.stores import SCHEMA_VERSION, STORES, VectorStore, open_store
 
 MANIFEST = "imgrag.json"
 SKIPPED = "skipped.jsonl"
 
 
-def default_index_dir() -> Path:
-    """``$IMGRAG_INDEX``, else ``$XDG_DATA_HOME/imgrag/index`` (``~/.local/share/imgrag/index``)."""
+def default_index_dir() -> Path | str:
+    """``$IMGRAG_INDEX`` (a folder or an ``s3://``-style URI), else ``$XDG_DATA_HOME/imgrag/index``
+    (``~/.local/share/imgrag/index``)."""
     env = os.environ.get("IMGRAG_INDEX")
     if env:
-        return Path(env).expanduser()
+        return env.rstrip("/") if is_uri(env) else Path(env).expanduser()
     base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
     return Path(base) / "imgrag" / "index"
 
@@ -66,12 +73,14 @@ class Manifest:
     store_options: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def load(cls, root: Path) -> "Manifest":
-        p = Path(root) / MANIFEST
-        if not p.exists():
+    def load(cls, root: Path | str | Location) -> "Manifest":
+        loc = Location(root)
+        p = loc.join(MANIFEST)
+        raw = loc.read_bytes(MANIFEST)
+        if raw is None:
             raise IndexNotFoundError(f"no imgrag index at {root}; build one with `imgrag index PATH --index {root}`")
         try:
-            d = json.loads(p.read_text())
+            d = json.loads(raw.decode())
             m = cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
         except (ValueError, TypeError, KeyError) as e:
             raise CorruptIndexError(f"index manifest {p} is unreadable ({e}); rebuild the index") from e
@@ -81,16 +90,21 @@ class Manifest:
                 f"rebuild it with `imgrag index ... --index {root} --rebuild`")
         return m
 
-    def save(self, root: Path) -> None:
-        atomic_write_bytes(Path(root) / MANIFEST, json.dumps(asdict(self), indent=2).encode())
+    @staticmethod
+    def exists(root: Path | str | Location) -> bool:
+        return Location(root).exists(MANIFEST)
+
+    def save(self, root: Path | str | Location) -> None:
+        Location(root).write_bytes(MANIFEST, json.dumps(asdict(self), indent=2).encode())
 
 
 class Index:
     """Opens an index directory; the store and the embedder are created lazily on first use."""
 
-    def __init__(self, root: Path, manifest: Manifest, device: str = "auto", precision: str = "auto",
+    def __init__(self, root: Path | str, manifest: Manifest, device: str = "auto", precision: str = "auto",
                  embedder=None) -> None:
-        self.root = Path(root)
+        self.location = Location(root)
+        self.root = self.location.root  # a Path for a local folder, the URI string for object storage
         self.manifest = manifest
         self._device = device
         self._precision = precision
@@ -101,7 +115,7 @@ class Index:
     @classmethod
     def open(cls, root: Path | str | None = None, device: str = "auto", precision: str = "auto",
              embedder=None) -> "Index":
-        root = Path(root) if root is not None else default_index_dir()
+        root = Location(root if root is not None else default_index_dir()).root
         manifest = Manifest.load(root)
         if embedder is not None:
             check_compatible(manifest, embedder, root)
@@ -111,16 +125,26 @@ class Index:
     def create_or_open(cls, root: Path | str | None, embedder, store: str = "lancedb",
                        store_options: dict[str, Any] | None = None, rebuild: bool = False) -> "Index":
         """Open the index at ``root`` checking it matches ``embedder``; create it if absent."""
-        root = Path(root) if root is not None else default_index_dir()
+        loc = Location(root if root is not None else default_index_dir())
+        root = loc.root
         if store not in STORES:
             from imgrag.retrieval.errors import ImgragError
 
             raise ImgragError(f"unknown store {store!r}; available: {', '.join(STORES)}")
-        if rebuild and (root / MANIFEST).exists():
-            for child in root.iterdir():
-                if child.name != "index.lock":
+        if loc.remote and store != "lancedb":
+            from imgrag.retrieval.errors import ImgragError
+
+            raise ImgragError(f"the {store} store needs a local folder; use --store lancedb for an index on {loc.scheme}://")
+        if rebuild and loc.exists(MANIFEST):
+            for name in loc.children():
+                if name in ("index.lock", "index.lease"):
+                    continue
+                if loc.remote:
+                    loc.delete(name)
+                else:
+                    child = Path(root) / name
                     shutil.rmtree(child) if child.is_dir() else child.unlink()
-        if (root / MANIFEST).exists():
+        if loc.exists(MANIFEST):
             manifest = Manifest.load(root)
             if manifest.store != store:
                 raise IndexMismatchError(
@@ -128,7 +152,7 @@ class Index:
                     f"use --store {manifest.store}, another --index, or --rebuild")
             check_compatible(manifest, embedder, root)
             return cls(root, manifest, embedder=embedder)
-        root.mkdir(parents=True, exist_ok=True)
+        loc.mkdir()
         manifest = Manifest(model=embedder.model_id, dim=embedder.dim, store=store,
                             fingerprint=embedder.fingerprint(), store_options=dict(store_options or {}))
         manifest.save(root)
@@ -138,7 +162,11 @@ class Index:
     @property
     def store(self) -> VectorStore:
         if self._store is None:
-            self._store = open_store(self.manifest.store, self.root / self.manifest.store, self.manifest.dim,
+            if self.location.remote and self.manifest.store != "lancedb":
+                from imgrag.retrieval.errors import ImgragError
+
+                raise ImgragError(f"the {self.manifest.store} store cannot live on object storage ({self.root})")
+            self._store = open_store(self.manifest.store, self.location.join(self.manifest.store), self.manifest.dim,
                                      **self.manifest.store_options)
         return self._store
 
@@ -153,11 +181,11 @@ class Index:
     # -- skipped files --------------------------------------------------------------------------
     def skipped(self) -> list[dict[str, Any]]:
         """Files that could not be indexed: ``{path, reason, size, mtime_ns}``."""
-        p = self.root / SKIPPED
-        if not p.exists():
+        raw = self.location.read_bytes(SKIPPED)
+        if raw is None:
             return []
         out = []
-        for line in p.read_text(encoding="utf-8", errors="replace").splitlines():
+        for line in raw.decode("utf-8", errors="replace").splitlines():
             if line.strip():
                 try:
                     out.append(json.loads(line))
@@ -167,10 +195,10 @@ class Index:
 
     def write_skipped(self, records: list[dict[str, Any]]) -> None:
         data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-        atomic_write_bytes(self.root / SKIPPED, data.encode("utf-8", errors="surrogateescape"))
+        self.location.write_bytes(SKIPPED, data.encode("utf-8", errors="surrogateescape"))
 
     def info(self) -> dict[str, Any]:
-        size = sum(f.stat().st_size for f in self.root.rglob("*") if f.is_file())
+        size = self.location.size()
         return {"index": str(self.root), "model": self.manifest.model, "dim": self.manifest.dim,
                 "store": self.manifest.store, "items": self.store.count(), "skipped": len(self.skipped()),
                 "disk_bytes": size, "schema_version": self.manifest.schema_version,

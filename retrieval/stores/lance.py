@@ -10,6 +10,11 @@
 
 LanceDB reports ``_distance = 1 - dot`` for ``distance_type("dot")``; scores returned here are
 ``1 - _distance`` = the inner product (cosine similarity for normalised vectors).
+
+The root may be an object-storage URI (``s3://bucket/prefix/lancedb``, ``gs://``, ``az://``): LanceDB
+opens it with ``storage_options`` built from the environment (:mod:`imgrag.retrieval.location`). Each
+commit writes a new manifest version with a conditional PUT, so readers in other processes (``imgrag
+search``/``serve``) keep reading a consistent version while one writer appends.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from imgrag.retrieval.stores.base import (META_COLUMNS, Filters, Hit, VectorStor
                                           row_schema, update_table)
 
 TABLE = "images"
+FTS_INDEX = "text_fts"
 ANN_TYPES = ("ivf_pq", "ivf_hnsw_sq", "none")
 _ID_CHUNK = 4096  # ids per ``id IN (...)`` predicate when reading
 
@@ -75,11 +81,15 @@ class LanceStore(VectorStore):
 
     kind = "lancedb"
 
-    def __init__(self, root: Path, dim: int, *, ann: str = "ivf_pq", ann_min_rows: int = 50_000,
+    def __init__(self, root: Path | str, dim: int, *, ann: str = "ivf_pq", ann_min_rows: int = 50_000,
                  nprobes: int = 20, refine_factor: int | None = None, ef: int | None = None,
                  exact_filter_rows: int = 20_000, keep_versions_s: float = 600.0,
                  consistency_s: float | None = 1.0, **unknown: Any) -> None:
-        super().__init__(root, dim)
+        from imgrag.retrieval.location import Location
+
+        self.location = Location(root)
+        super().__init__(Path("."), dim)
+        self.root = self.location.root  # a Path, or the URI string on object storage
         if unknown:
             raise ImgragError(f"unknown lancedb store option(s) {sorted(unknown)}; known: ann, ann_min_rows, nprobes, "
                               "refine_factor, ef, exact_filter_rows, keep_versions_s, consistency_s")
@@ -98,10 +108,12 @@ class LanceStore(VectorStore):
 
         import lancedb
 
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.location.mkdir()
         rci = None if consistency_s is None else timedelta(seconds=float(consistency_s))
         try:
-            self._db = lancedb.connect(str(self.root), read_consistency_interval=rci)
+            so = self.location.storage_options()
+            self._db = lancedb.connect(str(self.root), read_consistency_interval=rci,
+                                       **({"storage_options": so} if so else {}))
             try:
                 self._tbl = self._db.open_table(TABLE)
             except ValueError as e:
@@ -110,6 +122,10 @@ class LanceStore(VectorStore):
                 self._tbl = self._db.create_table(TABLE, schema=row_schema(dim), exist_ok=True)
             schema = self._tbl.schema
         except (OSError, RuntimeError, ValueError) as e:
+            if self.location.remote:  # far more often access than corruption: say what to check
+                raise ImgragError(f"cannot open the LanceDB table at {self.root} ({_short(e)}); check the bucket, "
+                                  "the credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY …) and the endpoint "
+                                  "(AWS_ENDPOINT_URL)") from e
             raise CorruptIndexError(f"cannot open the LanceDB table in {self.root} ({_short(e)}); "
                                     "rebuild the index with --rebuild") from e
         missing = [c for c in [*META_COLUMNS, "vector"] if schema.get_field_index(c) < 0]
@@ -156,8 +172,55 @@ class LanceStore(VectorStore):
             if cur is None or have is None or parts >= 2 * have or _ann_from_name(cur.name) != self.ann:
                 self._create_index(n, parts, replace_name=cur.name if cur is not None else None)
                 self._lance_optimize(older)
+        self._ensure_fts()
         with self._lock:
             self._idx_cache = None
+
+    # --- keyword search over ``text`` (page text, OCR) ----------------------------------------------
+    def _fts_index(self):
+        for ic in self._tbl.list_indices():
+            if list(ic.columns) == ["text"] and str(ic.index_type).upper() in ("FTS", "INVERTED"):
+                return ic
+        return None
+
+    def _ensure_fts(self) -> None:
+        """Create the full-text index once rows with text exist; later runs' :meth:`optimize` (the
+        ``table.optimize()`` above) folds new and changed rows into it, and rows not yet folded in are
+        still searched (flat), so keyword results are never stale."""
+        if self._fts_index() is not None or not self._tbl.count_rows("text IS NOT NULL"):
+            return
+        from lancedb.index import FTS
+
+        self._tbl.create_index("text", config=FTS(with_position=False), name=FTS_INDEX, replace=True)
+
+    def text_search(self, query: str, k: int, filters: Filters | None = None,
+                    exclude_ids: Sequence[str] = ()) -> list[Hit]:
+        if k <= 0 or not str(query).strip():
+            return []
+        if self._fts_index() is None:  # no index yet (nothing indexed with text, or an older index)
+            return super().text_search(query, k, filters=filters, exclude_ids=exclude_ids)
+        clauses = []
+        if filters is not None and not filters.is_empty():
+            clauses.append(filters.to_sql())
+        excl = list(dict.fromkeys(str(i) for i in exclude_ids))
+        if excl:
+            clauses.append("NOT " + _in_list(excl))
+        qb = (self._tbl.search(str(query), query_type="fts", fts_columns="text")
+              .limit(int(k)).select([*META_COLUMNS, "_score"]))
+        if clauses:
+            qb = qb.where(" AND ".join(f"({c})" for c in clauses), prefilter=True)
+        try:
+            res = qb.to_arrow()
+        except (RuntimeError, ValueError) as e:
+            raise ImgragError(f"LanceDB keyword search failed ({_short(e)})") from e
+        scores = res["_score"].to_pylist()
+        rows = res.select(META_COLUMNS).to_pylist()
+        hits = [Hit(r["id"], r["path"], float(sc), r) for r, sc in zip(rows, scores)]
+        hits.sort(key=lambda h: (-h.score, h.id))
+        return hits
+
+    def has_text(self) -> bool:
+        return bool(self._tbl.count_rows("text IS NOT NULL"))
 
     def _lance_optimize(self, older: timedelta) -> None:
         with warnings.catch_warnings():  # LanceDB warns about cleanup_older_than=0, which the user asked for
@@ -275,7 +338,15 @@ class LanceStore(VectorStore):
         return pa.concat_tables(parts) if len(parts) > 1 else parts[0]
 
     def disk_size(self) -> int:
-        return _dir_size(self.root)
+        return self.location.size() if self.location.remote else _dir_size(self.root)
+
+    @property
+    def table_uri(self) -> str:
+        """URI (or path) of the Lance dataset holding the rows, for tools that write fragments directly."""
+        return f"{str(self.root).rstrip('/')}/{TABLE}.lance"
+
+    def storage_options(self) -> dict[str, str]:
+        return self.location.storage_options()
 
     def describe(self) -> dict[str, Any]:
         idx = self._vector_index(refresh=True)
