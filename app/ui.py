@@ -327,9 +327,6 @@ def build_blocks(backend: Backend):
                     else:
                         res = val
                         notes = []
-                        if res.text_only:
-                            notes.append(f"Answered by {res.generator}, a text-only fallback: it saw file names, "
-                                         "dates and labels of the retrieved images, not their pixels.")
                         if res.no_answer:
                             notes.append("No image matched well enough, so no model was asked.")
                         notes += list(res.notes or [])

@@ -408,7 +408,7 @@ class UIConfig:
     index_root: Path
     device: str = "auto"
     precision: str = "auto"
-    generator: str | None = None
+    generator: Any = None  # spec string for load_generator (None: its default) or a Generator instance
     new_index_model: str | None = None  # model for an index created from the UI (None: lite)
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
     max_upload_pixels: int = DEFAULT_MAX_UPLOAD_PIXELS
@@ -420,13 +420,13 @@ class UIConfig:
 class Backend:
     """State shared by every browser session of one server: the index, its models, jobs, thumbnails."""
 
-    def __init__(self, config: UIConfig) -> None:
+    def __init__(self, config: UIConfig, index: "Index | None" = None) -> None:
         self.config = config
-        self.root = Path(config.index_root).expanduser().resolve()
+        self.root = Path(index.root if index is not None else config.index_root).expanduser().resolve()
         self.thumbs = ThumbCache(config.thumb_dir or default_thumb_dir(self.root))
         self.jobs = JobRunner()
         self._lock = threading.RLock()
-        self._index: "Index | None" = None
+        self._index: "Index | None" = index
         self._classifiers: OrderedDict[tuple, Any] = OrderedDict()
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="imgrag-thumb")
 
@@ -568,8 +568,7 @@ class Backend:
         """A zero-shot classifier for labels (one per line) and templates (one per line), cached."""
         from imgrag.retrieval.queries.classify import ZeroShotClassifier, load_templates, parse_labels
 
-        labs = tuple(parse_labels((labels or "").replace(",", "\n") if "\n" not in (labels or "").strip()
-                                  else labels))
+        labs = tuple(parse_labels(labels or ""))
         tmpl_lines = [ln.strip() for ln in (templates or "").splitlines()
                       if ln.strip() and not ln.lstrip().startswith("#")]
         tmpls = tuple(load_templates(tmpl_lines or None))
@@ -639,7 +638,8 @@ class Backend:
         return self.jobs.start("classify", f"classify {len(clf.labels)} labels over the index", job)
 
     # -- ask -------------------------------------------------------------------------------------
-    def ask(self, question: str, k: int = 8, max_images: int = 4) -> Iterator[tuple[str, Any]]:
+    def ask(self, question: str, k: int = 8, max_images: int = 4,
+            min_score: float | None = None) -> Iterator[tuple[str, Any]]:
         """Stream ``("chunk", text)`` while generating, then ``("result", AnswerResult)``."""
         from imgrag.retrieval.generators import load_generator
         from imgrag.retrieval.queries.answer import answer
@@ -647,18 +647,24 @@ class Backend:
         if not (question or "").strip():
             raise BadQueryError("type a question about your images")
         self.embedder()
-        gen = load_generator(self.config.generator, device=self.config.device, precision=self.config.precision)
+        gen = self._generator()
         stream = answer(self.index(), question.strip(), k=self._check_k(k), max_images=int(max_images),
-                        generator=gen)
+                        generator=gen, min_score=min_score)
         for chunk in stream:
             yield "chunk", chunk
         yield "result", stream.result
 
-    def generator_name(self) -> str:
-        try:
+    def _generator(self):
+        g = self.config.generator
+        if g is None or isinstance(g, str):
             from imgrag.retrieval.generators import load_generator
 
-            g = load_generator(self.config.generator, device=self.config.device, precision=self.config.precision)
+            return load_generator(g, device=self.config.device, precision=self.config.precision)
+        return g  # a Generator instance (embedding imgrag in another app, tests)
+
+    def generator_name(self) -> str:
+        try:
+            g = self._generator()
             return g.name + (" (text-only fallback: it reads file names, dates and labels, not pixels)"
                              if g.text_only else "")
         except ImgragError as e:
