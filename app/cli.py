@@ -93,6 +93,16 @@ def build_parser() -> argparse.ArgumentParser:
     pi.add_argument("--retry-skipped", action="store_true", help="retry files that failed before even if unchanged")
     pi.add_argument("--no-prune", dest="prune", action="store_false", help="keep rows of files deleted from disk")
     pi.add_argument("--rebuild", action="store_true", help="delete the index contents and start over")
+    pi.add_argument("--dpi", type=float, default=150.0,
+                    help="PDF pages: render resolution in dots per inch (default 150)")
+    pi.add_argument("--page-tiles", type=_nonneg_int, default=2,
+                    help="PDF pages: square tiles embedded besides the whole padded page for tall pages, "
+                         "averaged into the page's vector (default 2; 0 = whole page only)")
+    pi.add_argument("--ocr", action="store_true",
+                    help="also OCR images (screenshots, scans) so their text is searchable (needs tesseract; "
+                         "decodes at full size)")
+    pi.add_argument("--no-ocr", dest="ocr_pages", action="store_const", const="off", default="auto",
+                    help="do not OCR PDF pages without a text layer (default: OCR them when tesseract is installed)")
     pi.add_argument("--json", action="store_true", help="print the run report as JSON")
     pi.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
@@ -103,6 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("--image", action="append", default=[], metavar="FILE", help="query image (repeatable; FILE or W*FILE)")
     ps.add_argument("-k", "--top-k", dest="k", type=_positive_int, default=10, help="number of results (default 10)")
     _filter_args(ps)
+    ps.add_argument("--mode", choices=["auto", "vector", "text", "hybrid"], default="auto",
+                    help="vector (embedding), text (keywords in page text / OCR), hybrid (both, fused by "
+                         "reciprocal rank fusion); auto (default): hybrid when the index holds text, else vector")
+    ps.add_argument("--weights", metavar="V,T", default=None,
+                    help="hybrid: weights of the vector and text rankings in the fusion (default 1,1)")
     ps.add_argument("--min-score", type=float, help="hide results with cosine similarity below this")
     ps.add_argument("--sort-date", action="store_true", help="order results by capture date (after the cutoff)")
     ps.add_argument("--json", action="store_true", help="print results as JSON")
@@ -245,8 +260,11 @@ def cmd_index(args) -> int:
         opts["factory"] = args.faiss_factory
     emb = load_embedder(model, device=args.device, precision=args.precision, batch_size=args.batch_size)
     index = Index.create_or_open(root, emb, store=store, store_options=opts, rebuild=args.rebuild)
+    if not args.dpi > 0 or args.dpi > 1200:
+        raise ImgragError(f"--dpi must be between 1 and 1200, got {args.dpi:g}")
     options = IndexOptions(batch_size=args.batch_size, workers=args.workers, draft=args.draft,
-                           commit_every=args.commit_every, retry_skipped=args.retry_skipped, prune=args.prune)
+                           commit_every=args.commit_every, retry_skipped=args.retry_skipped, prune=args.prune,
+                           dpi=args.dpi, page_tiles=args.page_tiles, ocr_images=args.ocr, ocr_pages=args.ocr_pages)
     bar = None
     cb = None
     if args.progress and not args.json and sys.stderr.isatty() or (args.progress and os.environ.get("IMGRAG_PROGRESS") == "1"):
@@ -271,6 +289,14 @@ def cmd_index(args) -> int:
               f"{rep.unchanged} unchanged, {rep.deleted} removed, {len(rep.skipped)} skipped; "
               f"{rep.total_items} items in {index.root} [{index.manifest.model}, {index.manifest.store}] "
               f"in {rep.seconds.get('total', 0):.1f}s ({rep.images_per_s:.1f} img/s)")
+        if rep.pages:
+            print(f"documents: {rep.documents} PDFs, {rep.pages} pages ({rep.ocr_pages} OCR'd)")
+        if rep.pages_without_text:
+            from imgrag.retrieval.ocr import INSTALL_HINT
+
+            print(f"note: {rep.pages_without_text} PDF pages have no text layer and were not OCR'd, so keyword search "
+                  f"cannot find them; " + ("OCR was turned off (--no-ocr)" if args.ocr_pages == "off" else INSTALL_HINT)
+                  + ", then re-run with --rebuild", file=sys.stderr)
         if rep.skipped:
             print(f"skipped files: see `imgrag info --errors --index {index.root}`")
     if rep.interrupted:
@@ -289,7 +315,9 @@ def _hit_dict(h) -> dict:
     r = h.row
     return {"path": h.path, "score": round(float(h.score), 6), "id": h.id, "page": r.get("page"),
             "taken_at": r.get("taken_at"), "width": r.get("width"), "height": r.get("height"),
-            "label": r.get("label")}
+            "label": r.get("label"),
+            **({"snippet": r.get("snippet"), "match_spans": r.get("match_spans")} if r.get("snippet") else {}),
+            **{k: r[k] for k in ("rank_vector", "rank_text") if r.get(k) is not None}}
 
 
 def cmd_search(args) -> int:
@@ -313,18 +341,44 @@ def cmd_search(args) -> int:
         terms.append(Term("image", path, w))
     if not terms:
         raise BadQueryError("give a text query and/or --image FILE")
+    from imgrag.retrieval.queries.hybrid import add_snippets, resolve_mode, search_documents
+
+    plain = len(terms) == 1 and terms[0].kind == "text" and terms[0].weight == 1.0
     index = _open_index(args)
-    hits = search(index, terms, k=args.k, filters=_filters(args), min_score=args.min_score, sort_by_date=args.sort_date)
+    mode = args.mode
+    if not plain:
+        if mode in ("text", "hybrid"):
+            raise BadQueryError(f"--mode {mode} needs a plain text query (no images, weights or '+'/'-' terms)")
+        mode = "vector"
+    mode = resolve_mode(index, mode)
+    if mode == "vector":
+        hits = search(index, terms, k=args.k, filters=_filters(args), min_score=args.min_score,
+                      sort_by_date=args.sort_date)
+        hits = add_snippets(hits, text) if text else hits
+    else:
+        hits = search_documents(index, text, k=args.k, mode=mode, filters=_filters(args), weights=args.weights,
+                                min_score=args.min_score)
+        if args.sort_date:
+            hits.sort(key=lambda h: (h.row.get("taken_at") is None, h.row.get("taken_at") or 0))
     if args.json:
         _print_json([_hit_dict(h) for h in hits])
         return 0
     if not hits:
         print("no results")
+    bold = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
     for rank, h in enumerate(hits, 1):
         date = h.row.get("taken_at")
         extra = f"  {date:%Y-%m-%d}" if date else ""
         page = f" (page {h.row['page']})" if h.row.get("page") else ""
         print(f"{rank:>3}  {h.score:.4f}  {_safe(h.path)}{page}{extra}")
+        if h.row.get("snippet"):
+            from imgrag.retrieval.textsearch import highlight
+
+            snip = _safe(h.row["snippet"]) if not bold else h.row["snippet"]
+            if bold:
+                snip = _safe(highlight(snip, h.row.get("match_spans") or [], "\x00", "\x01"))
+                snip = snip.replace("\\x00", "\033[1m").replace("\\x01", "\033[0m")
+            print(f"       {snip}")
     return 0
 
 
@@ -417,10 +471,36 @@ def cmd_info(args) -> int:
 
 
 def cmd_ask(args) -> int:
-    from imgrag.retrieval.queries.answer import ask_cli
+    from imgrag.retrieval.generators import load_generator
+    from imgrag.retrieval.queries.answer import answer
 
     index = _open_index(args)
-    return ask_cli(index, args)
+    gen = load_generator(args.generator, device=args.device, precision=args.precision)
+    stream = answer(index, args.question, k=args.k, max_images=args.max_images, generator=gen,
+                    min_score=args.min_score, filters=_filters(args), rerank=args.rerank)
+    if args.json:
+        for _ in stream:
+            pass
+        _print_json(stream.result.to_dict())
+        return 0
+    print(f"[{stream.generator_name}]", file=sys.stderr, flush=True)
+    for chunk in stream:
+        print(chunk, end="", flush=True)
+    print()
+    res = stream.result
+    if res.citations:
+        print("\ncited:")
+        for c in res.citations:
+            page = f" page {c.page}" if c.page is not None else ""
+            print(f"  [{c.n}] {c.score:.3f}  {_safe(c.path)}{page}")
+    uncited = [c for c in res.sent if c.n not in {x.n for x in res.citations}]
+    if uncited:
+        print("also shown to the model, not cited:")
+        for c in uncited:
+            print(f"  [{c.n}] {c.score:.3f}  {_safe(c.path)}")
+    for note in res.notes:
+        print(f"note: {note}", file=sys.stderr)
+    return 0
 
 
 def cmd_serve(args) -> int:

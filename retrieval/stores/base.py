@@ -339,6 +339,22 @@ class VectorStore(ABC):
                              "hash": pa.array([], pa.string())})
         return pa.Table.from_batches(batches)
 
+    def text_search(self, query: str, k: int, filters: Filters | None = None,
+                    exclude_ids: Sequence[str] = ()) -> list[Hit]:
+        """Top-k rows by BM25 keyword relevance of ``text`` (page text, OCR), best first; ``score``
+        is the BM25 score. Default: an exact scan (:func:`imgrag.retrieval.textsearch.bm25_search`);
+        LanceDB overrides it with its full-text index."""
+        from imgrag.retrieval.textsearch import bm25_search
+
+        return bm25_search(self, query, k, filters=filters, exclude_ids=exclude_ids)
+
+    def has_text(self) -> bool:
+        """Whether any row holds text (so keyword / hybrid search can help)."""
+        for b in self.scan(columns=["text"], batch_size=4096):
+            if b.column("text").null_count < b.num_rows:
+                return True
+        return False
+
     @abstractmethod
     def disk_size(self) -> int:
         """Bytes used on disk."""
