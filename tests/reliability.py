@@ -92,10 +92,29 @@ def run_index(index_dir: str, store: str, coll: str, commit_every: int, batch_si
     from imgrag.indexer.pipeline import IndexOptions, build_index
     from imgrag.retrieval.index import Index
 
+    if os.environ.get("IMGRAG_TEST_SABOTAGE") == "torn_manifest":
+        _sabotage_manifest_writes()
     idx = Index.create_or_open(index_dir, FakeEmbedder(), store=store)
     rep = build_index(idx, [coll], IndexOptions(batch_size=batch_size, workers=workers,
                                                  commit_every=commit_every))
     return rep.total_items
+
+
+def _sabotage_manifest_writes() -> None:
+    """For the test that proves the kill harness can fail: manifests written in place, slowly (the
+    bug that temp file + rename prevents)."""
+    import time
+
+    import imgrag.retrieval.index as index_mod
+
+    def torn_write(path, data: bytes) -> None:
+        with open(path, "wb") as f:
+            f.write(data[: len(data) // 2])
+            f.flush()
+            time.sleep(0.02)
+            f.write(data[len(data) // 2:])
+
+    index_mod.atomic_write_bytes = torn_write
 
 
 def index_worker_main(argv: list[str]) -> None:
