@@ -147,14 +147,17 @@ class ThumbCache:
         k = self.key(row)
         return self.root / k[:2] / f"{k}.jpg"
 
-    def get(self, row: dict[str, Any]) -> Path:
-        """Thumbnail file for ``row`` (generated on first use), or the placeholder if unreadable."""
+    def get(self, row: dict[str, Any], strict: bool = False) -> Path:
+        """Thumbnail file for ``row`` (generated on first use). If the file is unreadable or changed:
+        the placeholder, or :class:`NotServable` with ``strict``."""
         p = self.path_for(row)
         if p.exists():
             return p
         try:
             img = render_thumbnail(read_indexed(row), self.size, page=row.get("page"))
         except (NotServable, ImgragError) as e:
+            if strict:
+                raise NotServable(str(e)) from e
             log.info("thumbnail for %r unavailable: %s", row.get("id"), e)
             return self.placeholder()
         self._save(img, p)
@@ -478,7 +481,8 @@ class Backend:
         return data, mime, os.path.basename(row["path"])
 
     def thumbnail(self, item_id: str) -> Path:
-        return self.thumbs.get(self.row(item_id, _THUMB_COLUMNS))
+        """Thumbnail of an indexed item; :class:`NotServable` if it is not one or no longer readable."""
+        return self.thumbs.get(self.row(item_id, _THUMB_COLUMNS), strict=True)
 
     def _items(self, hits: Sequence["Hit"]) -> list[ResultItem]:
         rows = [dict(h.row, id=h.id, path=h.path) for h in hits]

@@ -1,0 +1,169 @@
+"""`imgrag serve` as a real server: real HTTP requests for path traversal, auth, binding and load.
+
+The index is built by the real CLI with a tiny random-init open_clip model (tests/model_configs), so
+the server starts quickly; semantics are checked in the browser tests with the lite model.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import urllib.parse
+from pathlib import Path
+
+import pytest
+
+from ui_support import SAMPLES, VENV_BIN, Server, free_port, gradio_call, http_get, raw_get, serve_env
+
+SECRET = b"imgrag-secret-marker-7f3a9c not an image\n"
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    """A collection, a secret file beside it, an index of the collection, and a running server."""
+    base = tmp_path_factory.mktemp("uiserver")
+    coll = base / "photos"
+    (coll / "sub").mkdir(parents=True)
+    for rel in ("animals/cat_chelsea.jpg", "food/apple.png", "space/saturn.jpg"):
+        shutil.copy(SAMPLES / rel, coll / Path(rel).name)
+    shutil.copy(SAMPLES / "food/pear.png", coll / "sub" / "pear.png")
+    shutil.copy(SAMPLES / "food/grapes.png", coll / "swapped.png")
+    secret = base / "secret.txt"
+    secret.write_bytes(SECRET)
+    # a symlink out of the collection that exists at indexing time (target is not an image → skipped)
+    os.symlink(secret, coll / "link_to_secret.jpg")
+    idx = base / "idx"
+    r = subprocess.run([str(VENV_BIN / "imgrag"), "index", str(coll), "--model", "imgrag-tiny-clip", "--index",
+                        str(idx), "--workers", "0", "--no-progress"], capture_output=True, text=True, env=serve_env(),
+                       timeout=600)
+    assert r.returncode == 0, r.stderr
+    # after indexing: an indexed file is replaced by a symlink to the secret; another symlink appears
+    os.replace(coll / "swapped.png", base / "grapes-moved.png")
+    os.symlink(secret, coll / "swapped.png")
+    os.symlink(secret, coll / "new_link.png")
+    server = Server(idx, cache=base / "cache")  # no --host: the default must be 127.0.0.1
+    yield {"base": base, "coll": coll, "secret": secret, "idx": idx, "server": server}
+    server.stop()
+
+
+def _q(s: str) -> str:
+    return urllib.parse.quote(s, safe="")
+
+
+def test_default_bind_is_loopback_only(site):
+    srv = site["server"]
+    assert f"http://127.0.0.1:{srv.port}" in srv.output() and "warning" not in srv.output()
+    # the kernel's table of listening sockets: bound to 127.0.0.1 (0100007F), not 0.0.0.0
+    listening = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        addr, port = local.split(":")
+        if state == "0A" and int(port, 16) == srv.port:
+            listening.add(addr)
+    assert listening == {"0100007F"}
+
+
+def test_indexed_images_are_served(site):
+    srv, coll = site["server"], site["coll"]
+    cat = str(coll / "cat_chelsea.jpg")
+    st, body, hdr = http_get(f"{srv.url}/imgrag/image?id={_q(cat)}")
+    assert st == 200 and body == (coll / "cat_chelsea.jpg").read_bytes()
+    assert hdr["content-type"] == "image/jpeg" and hdr["x-content-type-options"] == "nosniff"
+    st, body, hdr = http_get(f"{srv.url}/imgrag/thumb?id={_q(cat)}")
+    assert st == 200 and body[:3] == b"\xff\xd8\xff" and len(body) < (coll / "cat_chelsea.jpg").stat().st_size
+
+
+def test_path_traversal_cannot_read_anything_else(site):
+    srv, coll, secret, idx = site["server"], site["coll"], site["secret"], site["idx"]
+    cat = str(coll / "cat_chelsea.jpg")
+    ids = [str(secret), "/etc/passwd", f"{coll}/../secret.txt", f"{coll}/sub/../../secret.txt",
+           "../secret.txt", "../../../../../../etc/passwd", str(coll / "link_to_secret.jpg"),
+           str(coll / "new_link.png"), str(coll / "swapped.png"), str(idx / "imgrag.json"), cat + "\x00.png",
+           cat + "/../../secret.txt", "' OR '1'='1", "%", "*", f"{coll}/*"]
+    targets = []
+    for i in ids:
+        for route in ("image", "thumb"):
+            targets.append(f"/imgrag/{route}?id={_q(i)}")
+            targets.append(f"/imgrag/{route}?id={_q(_q(i))}")  # double-encoded
+    targets += [f"/imgrag/image?id={str(secret)}", "/imgrag/image?id=..%2F..%2F..%2F..%2Fetc%2Fpasswd",
+                "/imgrag/image?id=%2e%2e%2f%2e%2e%2fetc%2fpasswd", "/imgrag/image/../../etc/passwd",
+                "/imgrag/..%2f..%2fetc%2fpasswd", "/imgrag/image?id=%c0%ae%c0%ae%2fetc%2fpasswd",
+                f"/gradio_api/file={secret}", f"/gradio_api/file={_q(str(secret))}",
+                f"/gradio_api/file={coll}/../secret.txt", f"/gradio_api/file={cat}",
+                "/gradio_api/file=/etc/passwd", "/gradio_api/file=../../../../etc/passwd",
+                "/gradio_api/file=%2Fetc%2Fpasswd", f"/gradio_api/file={idx}/imgrag.json",
+                "/file=/etc/passwd", "/static/../../../../etc/passwd", "/assets/..%2f..%2f..%2f..%2fetc%2fpasswd",
+                f"/gradio_api/file={srv.log_path}"]
+    passwd = Path("/etc/passwd").read_bytes()[:32]
+    for t in targets:
+        st, body = raw_get("127.0.0.1", srv.port, t)
+        assert SECRET not in body and passwd not in body, t
+        assert b'"model"' not in body, t  # the manifest
+        if t.startswith("/imgrag/"):
+            assert st in (400, 404), (t, st)
+        else:
+            assert st != 200 or b"<!doctype html" in body[:200].lower(), (t, st)  # at most the app page
+    # the file that was swapped for a symlink after indexing is refused, and its thumbnail is the placeholder
+    st, body, _ = http_get(f"{srv.url}/imgrag/image?id={_q(str(coll / 'swapped.png'))}")
+    assert st == 404 and SECRET not in body
+
+
+def test_search_api_and_query_image_terms(site):
+    srv, secret = site["server"], site["secret"]
+    out = gradio_call(srv.url, "search", ["a photo", 3, 0, False, "", "", ""])
+    gal, status = out[0], out[-1]
+    assert len(gal) == 3 and "3 result(s)" in status
+    for g in gal:  # gallery images are thumbnails from the cache, fetchable
+        st, body, _ = http_get(g["image"]["url"])
+        assert st == 200 and body[:3] == b"\xff\xd8\xff" and "/imgrag/thumbs/" in g["image"]["url"]
+    # a query naming a non-indexed file is refused with a message (and reads nothing)
+    out = gradio_call(srv.url, "search", [f"image:{secret}", 3, 0, False, "", "", ""])
+    assert out[0] == [] and "indexed image" in out[-1] and "imgrag-error" in out[-1]
+
+
+def test_host_warning_and_auth(site, tmp_path):
+    srv = Server(site["idx"], "--auth", "alice:wonder", host="0.0.0.0", cache=tmp_path)
+    try:
+        assert "warning: listening on 0.0.0.0" in srv.output()
+        cat = _q(str(site["coll"] / "cat_chelsea.jpg"))
+        st, _, _ = http_get(f"{srv.url}/imgrag/image?id={cat}")
+        assert st == 401
+        with pytest.raises(Exception):
+            gradio_call(srv.url, "search", ["a photo", 3, 0, False, "", "", ""])
+        import http.cookiejar
+        import urllib.request
+
+        jar = http.cookiejar.CookieJar()
+        opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+        bad = urllib.parse.urlencode({"username": "alice", "password": "nope"}).encode()
+        with pytest.raises(urllib.error.HTTPError):
+            opener.open(f"{srv.url}/login", data=bad, timeout=30)
+        good = urllib.parse.urlencode({"username": "alice", "password": "wonder"}).encode()
+        assert opener.open(f"{srv.url}/login", data=good, timeout=30).status == 200
+        r = opener.open(f"{srv.url}/imgrag/image?id={cat}", timeout=30)
+        assert r.status == 200 and r.read()[:3] == b"\xff\xd8\xff"
+    finally:
+        srv.stop()
+
+
+def test_bad_serve_arguments_are_one_line_errors(site):
+    port = free_port()
+    r = subprocess.run([str(VENV_BIN / "imgrag"), "serve", "--index", str(site["idx"]), "--auth", "nopassword",
+                        "--port", str(port)], capture_output=True, text=True, env=serve_env(), timeout=120)
+    assert r.returncode == 2 and "--auth must be USER:PASSWORD" in r.stderr and "Traceback" not in r.stderr
+    r = subprocess.run([str(VENV_BIN / "imgrag"), "serve", "--index", str(site["idx"]), "--port",
+                        str(site["server"].port)], capture_output=True, text=True, env=serve_env(), timeout=120)
+    assert r.returncode == 2 and "pick another --port" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_load_small_zero_errors(site):
+    """bench/ui_load.py's loop, scaled down: 5 users × 10 requests, every response checked."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+    from ui_load import run_load
+
+    ids = [str(site["coll"] / n) for n in ("cat_chelsea.jpg", "apple.png", "saturn.jpg", "sub/pear.png")]
+    res = run_load(site["server"].url, ids, users=5, requests=10)
+    assert res["errors"] == []
+    assert sum(len(v) for v in res["latencies"].values()) == 50
