@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 #: Default guard thresholds (cosine similarity of the question to the best image) per model family.
 #: ``lite`` was measured on data/samples (docs/generators.md); the CLIP and SigLIP values are
 #: conservative starting points from those models' usual score ranges, not measured here.
-MIN_SCORE_DEFAULTS = {"lite": 0.30, "siglip": 0.05, "clip": 0.18}
+MIN_SCORE_DEFAULTS = {"lite": 0.25, "siglip": 0.05, "clip": 0.18}
 
 
 @dataclass
@@ -139,7 +139,7 @@ class AnswerStream:
         if invalid:
             notes.append(f"the answer cites image number(s) {invalid} that were not given to the model; ignored")
         if not cited and self.items and not says_not_shown(text):
-            if getattr(self.generator, "ground_fallback", False):
+            if getattr(self.generator, "ground_fallback", False):  # small text-only models
                 n = grounding_fallback(text, self.items)
                 extra = f" [{n}]"
                 yield extra
@@ -163,14 +163,10 @@ def _cite(it: EvidenceItem) -> Citation:
     return Citation(n=it.n, id=it.id, path=it.path, score=float(it.score), page=it.page)
 
 
-_WORD = re.compile(r"[a-z0-9]+")
-_STOP = frozenset("a an the of in on at to is are was were be this that these those it its with and or for "
-                  "from by as image images photo photos picture pictures show shows shown do does not what "
-                  "which who where when how there here any some data file name".split())
-
-
 def _words(text: str) -> set[str]:
-    return {w for w in _WORD.findall(text.lower()) if w not in _STOP and len(w) > 1}
+    from imgrag.retrieval.generators.prompt import content_words
+
+    return content_words(text)
 
 
 def grounding_fallback(text: str, items: list[EvidenceItem]) -> int:
@@ -247,6 +243,9 @@ def answer(index: "Index", question: str, *, k: int = 8, max_images: int = 4, ge
         return AnswerStream(q, gen, gen.name, gen.text_only, [], dropped, notes, best, thr, no_answer=True)
     if gen.text_only:
         notes.append(f"{gen.name} sees only the images' text evidence (file name, date, labels, text), not pixels")
+    rule = getattr(gen, "citation_rule", None)
+    if rule:
+        notes.append(f"{gen.name}: {rule}")
     return AnswerStream(q, gen, gen.name, gen.text_only, items, dropped, notes, best, thr, no_answer=False)
 
 
