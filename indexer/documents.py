@@ -141,8 +141,8 @@ def load_page(work: PageWork, transform: Callable, opts: PageOptions, known: fro
         return result_cls(work, error=f"cannot read file ({e.strerror or e})"), None
     t1 = time.perf_counter()
     meta.update(width=img.width, height=img.height)
-    if not pdf.has_text(text) and opts.ocr != "off":
-        if ocr_ready(opts.ocr_lang):
+    if not pdf.has_text(text):
+        if opts.ocr != "off" and ocr_ready(opts.ocr_lang):
             from imgrag.retrieval import ocr
 
             try:
