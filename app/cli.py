@@ -105,6 +105,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help="do not OCR PDF pages without a text layer (default: OCR them when tesseract is installed)")
     pi.add_argument("--json", action="store_true", help="print the run report as JSON")
     pi.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    pi.add_argument("--engine", choices=["local", "ray"], default="local",
+                    help="local (default): this machine; ray: a Ray cluster (decode tasks, one model per embedding "
+                         "actor, Lance fragments written in parallel; LanceDB indexes; needs imgrag[distributed])")
+    pi.add_argument("--ray-address", metavar="ADDR",
+                    help="with --engine ray: the cluster to join (auto, HOST:6379, ray://HOST:10001; "
+                         "default $RAY_ADDRESS, else a local cluster on this machine)")
+    pi.add_argument("--ray-actors", type=_positive_int, metavar="N",
+                    help="with --engine ray: embedding actors (default: one per GPU, num_gpus=1 each; 1 on CPU clusters)")
 
     # search
     ps = sub.add_parser("search", parents=[common], help="search by text, by example image, or both",
@@ -249,6 +257,16 @@ def cmd_index(args) -> int:
     from imgrag.retrieval.embedders import DEFAULT_MODEL, load_embedder
     from imgrag.retrieval.index import Index, Manifest, default_index_dir
 
+    from imgrag.retrieval.location import is_uri
+
+    if args.engine == "ray":
+        from imgrag.indexer.ray_engine import import_ray
+
+        import_ray()  # fail fast, before loading a model, when the extra is missing
+    elif any(is_uri(p) for p in args.paths):
+        raise ImgragError("object-storage sources (s3://, gs://, az://) need --engine ray")
+    if args.engine != "ray" and (args.ray_address or args.ray_actors):
+        raise ImgragError("--ray-address and --ray-actors need --engine ray")
     root = args.index or default_index_dir()
     existing = Manifest.load(root) if Manifest.exists(root) and not args.rebuild else None
     model = args.model or (existing.model if existing else DEFAULT_MODEL)
@@ -278,7 +296,16 @@ def cmd_index(args) -> int:
             bar.set_postfix(embedded=p.embedded, reused=p.reused, skipped=p.skipped, refresh=False)
             bar.refresh()
     try:
-        rep = build_index(index, args.paths, options, progress=cb)
+        if args.engine == "ray":
+            from imgrag.indexer.ray_engine import RayOptions, build_index_ray
+
+            ropts = RayOptions(address=args.ray_address, actors=args.ray_actors, batch_size=args.batch_size,
+                               commit_every=max(args.commit_every, 1), draft=args.draft,
+                               retry_skipped=args.retry_skipped, prune=args.prune, device=args.device,
+                               precision=args.precision)
+            rep = build_index_ray(index, args.paths, ropts, progress=cb)
+        else:
+            rep = build_index(index, args.paths, options, progress=cb)
     finally:
         if bar is not None:
             bar.close()

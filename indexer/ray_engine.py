@@ -1,0 +1,485 @@
+"""Distributed indexing on Ray Data: ``imgrag index --engine ray [--ray-address ADDR] SOURCE... --index URI``.
+
+Stages (one Ray Dataset, streamed, so memory stays bounded on every node):
+
+1. **Plan** (driver): list the sources — local folders (the local indexer's scanner) or object-storage
+   prefixes (``s3://bucket/photos/`` through :mod:`pyarrow.fs`) — and compare with the index's rows by
+   size and mtime, exactly like the local indexer: unchanged files are skipped, files that failed before
+   and did not change are not retried, rows of deleted files are pruned.
+2. **Decode** (CPU tasks): read, hash, decode and preprocess with the local indexer's own code
+   (:class:`~imgrag.indexer.decode.DecodeDataset`, :func:`~imgrag.retrieval.imageio.decode_image` and the
+   embedder's ``image_transform``); a bad file becomes a skip record, never a failed task.
+3. **Embed** (actor pool): one model per actor, loaded once (``num_gpus=1`` per actor on GPU clusters,
+   CPU actors otherwise), the same :class:`~imgrag.retrieval.embedders.base.Embedder` code as locally; each
+   actor checks its model's fingerprint against the index manifest before embedding anything.
+4. **Write** (CPU tasks): rows of new files are written as Lance fragments straight into the index's
+   table (``lance.fragment.write_fragments``), in parallel; nothing is visible yet.
+5. **Commit** (driver): fragments are committed with one ``Append`` per ``commit_every`` rows — an
+   atomic new table version. Rows of *changed* files go through the store's ``merge_insert`` on ``id``
+   instead, so they replace their old row atomically. Skip records are saved at every commit.
+6. **ANN index** (driver): built once writing finishes (the store's ``optimize``).
+
+Resume and no duplicates: the table is the only record of what is done. A file is planned at most once
+per run and only if the committed table has no up-to-date row for it; a task that Ray retries writes new
+fragment files, but only the fragments the driver receives are committed, once. After a crash, fragments
+written but not committed are unreferenced files (removed by the store's cleanup); the rerun plans their
+files again. The differences from the local engine: renamed/duplicated files are re-embedded rather than
+matched by content hash, and the writer is the driver (it holds the index lock or lease).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+from imgrag.indexer.decode import DEFAULT_MAX_PIXELS
+from imgrag.indexer.lease import writer_lock
+from imgrag.indexer.pipeline import IndexReport, Progress, supported_extensions
+from imgrag.indexer.scan import FileEntry, Skip, is_under, normalize_roots, scan
+from imgrag.retrieval.errors import ImgragError
+from imgrag.retrieval.index import Index
+from imgrag.retrieval.location import filesystem_for, is_uri, storage_options_for
+
+log = logging.getLogger("imgrag.indexer")
+
+INSTALL_HINT = "pip install 'imgrag[distributed]'"
+
+
+@dataclass
+class RayOptions:
+    address: str | None = None  # None: join a running cluster if RAY_ADDRESS is set, else start a local one
+    actors: int | None = None  # embedding actors; None: one per GPU, else 1 (CPU)
+    gpus_per_actor: float | None = None  # None: 1 when the cluster has GPUs, else 0
+    cpus_per_actor: float = 1.0
+    cpus_per_decode_task: float = 1.0
+    batch_size: int = 64  # images per forward pass
+    rows_per_fragment: int = 4096  # rows each write task puts in one Lance fragment
+    commit_every: int = 16384  # rows per atomic Append commit
+    draft: bool = True
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    retry_skipped: bool = False
+    prune: bool = True
+    include_hidden: bool = False
+    extensions: frozenset[str] | None = None
+    device: str = "auto"  # in the actors
+    precision: str = "auto"
+
+
+def import_ray():
+    """``ray`` (and check ``lance``), or an :class:`ImgragError` naming the extra to install."""
+    try:
+        import lance  # noqa: F401 - fragments are written with pylance
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError as e:
+        raise ImgragError(f"--engine ray needs Ray Data and pylance ({e.name} is missing): {INSTALL_HINT}") from None
+    return ray
+
+
+# ------------------------------------------------------------------------------------------------
+# plan
+# ------------------------------------------------------------------------------------------------
+def list_sources(sources: Sequence[str | Path], exts: frozenset[str], exclude: Sequence[str | Path] = (),
+                 include_hidden: bool = False) -> tuple[list[str], list[FileEntry | Skip]]:
+    """``(normalised roots, entries)`` for local folders/files and object-storage prefixes/objects."""
+    roots: list[str] = []
+    items: list[FileEntry | Skip] = []
+    local = [s for s in sources if not is_uri(s)]
+    if local:
+        lroots = normalize_roots(local)
+        for r in lroots:
+            if not os.path.exists(r):
+                raise ImgragError(f"path not found: {r}")
+        roots += lroots
+        items += list(scan(lroots, exts, exclude=exclude, include_hidden=include_hidden))
+    for uri in (str(s).rstrip("/") for s in sources if is_uri(s)):
+        import pyarrow.fs as pfs
+
+        fs, base = filesystem_for(uri)
+        scheme = uri.split("://", 1)[0]
+        info = fs.get_file_info(base)
+        if info.type == pfs.FileType.NotFound:
+            raise ImgragError(f"path not found: {uri}")
+        infos = [info] if info.type == pfs.FileType.File else fs.get_file_info(pfs.FileSelector(base, recursive=True))
+        roots.append(uri)
+        for fi in sorted(infos, key=lambda f: f.path):
+            if fi.type != pfs.FileType.File:
+                continue
+            rel = fi.path[len(base):].lstrip("/")
+            if not include_hidden and any(part.startswith(".") for part in rel.split("/")[:-1]):
+                continue
+            if os.path.splitext(fi.path)[1].lower() not in exts:
+                continue
+            mtime_ns = int(fi.mtime_ns) if fi.mtime_ns is not None else 0
+            items.append(FileEntry(f"{scheme}://{fi.path}", int(fi.size or 0), mtime_ns))
+    return roots, items
+
+
+# ------------------------------------------------------------------------------------------------
+# stage functions (run in Ray workers; module-level so they pickle by reference)
+# ------------------------------------------------------------------------------------------------
+def _meta_json(meta: dict[str, Any]) -> str:
+    d = dict(meta)
+    if isinstance(d.get("taken_at"), datetime):
+        d["taken_at"] = d["taken_at"].isoformat()
+    return json.dumps(d, ensure_ascii=False)
+
+
+def _meta_from_json(s: str) -> dict[str, Any]:
+    d = json.loads(s)
+    if d.get("taken_at"):
+        d["taken_at"] = datetime.fromisoformat(d["taken_at"])
+    return d
+
+
+def _read_remote(entry: FileEntry, transform, draft_size, max_pixels):
+    """Like DecodeDataset._load for an object-storage file (bytes through pyarrow.fs)."""
+    from imgrag.indexer.decode import DecodeResult
+    from imgrag.retrieval.imageio import ImageDecodeError, content_hash, decode_image
+
+    try:
+        fs, key = filesystem_for(entry.path)
+        with fs.open_input_file(key) as f:
+            data = f.read()
+    except (OSError, ImgragError) as e:
+        return DecodeResult(entry, error=f"cannot read object ({' '.join(str(e).split())[:200]})"), None
+    if len(data) != entry.size:
+        return DecodeResult(entry, error="object changed while being read (will be retried next run)"), None
+    meta: dict[str, Any] = {"id": entry.path, "path": entry.path, "size": entry.size, "mtime_ns": entry.mtime_ns,
+                            "hash": content_hash(data)}
+    try:
+        img = decode_image(data, draft_size=draft_size, max_pixels=max_pixels)
+    except ImageDecodeError as e:
+        return DecodeResult(entry, error=str(e)), None
+    meta.update(width=img.width, height=img.height, taken_at=img.taken_at, gps_lat=img.gps_lat, gps_lon=img.gps_lon)
+    return DecodeResult(entry, meta=meta), transform(img.image)
+
+
+def decode_batch(batch: dict[str, np.ndarray], transform, draft_size: int | None, max_pixels: int,
+                 pixel_shape: tuple[int, ...]) -> dict[str, np.ndarray]:
+    """Ray map_batches UDF: paths → preprocessed pixels + metadata, or an error per row."""
+    from imgrag.indexer.decode import DecodeDataset
+
+    entries = [FileEntry(str(p), int(s), int(m)) for p, s, m in zip(batch["path"], batch["size"], batch["mtime_ns"])]
+    local = DecodeDataset(entries, transform, draft_size, max_pixels)
+    n = len(entries)
+    pixels = np.zeros((n, *pixel_shape), dtype=np.float32)
+    metas, errors, ok = [], [], np.zeros(n, dtype=bool)
+    for i, e in enumerate(entries):
+        try:
+            res, px = _read_remote(e, transform, draft_size, max_pixels) if is_uri(e.path) else local[i]
+        except Exception as ex:  # noqa: BLE001 - one odd file must never fail the task
+            res, px = None, None
+            err = f"unexpected error: {type(ex).__name__}: {ex}"
+        else:
+            err = res.error
+        if err is None and px is not None:
+            arr = np.asarray(px, dtype=np.float32)
+            if arr.shape != tuple(pixel_shape):
+                err = f"preprocessing produced shape {arr.shape}, expected {tuple(pixel_shape)}"
+            else:
+                pixels[i] = arr
+                ok[i] = True
+        metas.append(_meta_json(res.meta) if ok[i] else "")
+        errors.append("" if ok[i] else (err or "no pixels"))
+    return {"path": batch["path"], "size": batch["size"], "mtime_ns": batch["mtime_ns"], "replace": batch["replace"],
+            "meta": np.array(metas, dtype=object), "error": np.array(errors, dtype=object), "ok": ok,
+            "pixels": pixels}
+
+
+class EmbedActor:
+    """One model per actor, loaded once; refuses to embed if it is not the index's model."""
+
+    def __init__(self, spec: str, fingerprint: dict, dim: int, device: str, precision: str, batch_size: int,
+                 threads: int) -> None:
+        import torch
+
+        from imgrag.retrieval.embedders import load_embedder
+
+        if threads > 0:
+            torch.set_num_threads(threads)
+        self.emb = load_embedder(spec, device=device, precision=precision, batch_size=batch_size)
+        self.emb.image_transform()  # load now
+        if self.emb.fingerprint() != fingerprint or self.emb.dim != dim:
+            raise ImgragError(f"the Ray worker's model {spec!r} differs from the index's (weights or preprocessing); "
+                              "install the same imgrag and weights on every node")
+        self.dim = dim
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import torch
+
+        ok = np.asarray(batch["ok"], dtype=bool).copy()
+        errors = list(batch["error"])
+        n = len(ok)
+        vectors = np.zeros((n, self.dim), dtype=np.float32)
+        if ok.any():
+            v = self.emb.embed_pixels(torch.from_numpy(np.ascontiguousarray(batch["pixels"][ok])))
+            idx = np.flatnonzero(ok)
+            vectors[idx] = v
+            bad = ~np.isfinite(v).all(axis=1)
+            for j in np.flatnonzero(bad):
+                ok[idx[j]] = False
+                errors[idx[j]] = "model produced a non-finite vector"
+                vectors[idx[j]] = 0
+        return {"path": batch["path"], "size": batch["size"], "mtime_ns": batch["mtime_ns"],
+                "replace": batch["replace"], "meta": batch["meta"], "error": np.array(errors, dtype=object),
+                "ok": ok, "vector": vectors}
+
+
+def write_batch(batch: dict[str, np.ndarray], table_uri: str, storage_options: dict, dim: int,
+                data_storage_version: str | None) -> dict[str, np.ndarray]:
+    """Ray map_batches UDF: new rows → Lance fragment files (not committed); changed rows and skips go back."""
+    import pyarrow as pa
+
+    from imgrag.retrieval.stores.base import make_rows
+
+    ok = np.asarray(batch["ok"], dtype=bool)
+    replace = np.asarray(batch["replace"], dtype=bool)
+    now = datetime.now()
+    frags_json, repl_ipc = "[]", b""
+    new = np.flatnonzero(ok & ~replace)
+    if len(new):
+        from lance.fragment import write_fragments
+
+        metas = [dict(_meta_from_json(batch["meta"][i]), indexed_at=now) for i in new]
+        rows = make_rows(metas, np.asarray(batch["vector"][new], dtype=np.float32))
+        frags = write_fragments(rows, table_uri, schema=rows.schema, storage_options=storage_options or None,
+                                data_storage_version=data_storage_version, max_rows_per_file=max(1, len(new)))
+        frags_json = json.dumps([f.to_json() for f in frags])
+    rep = np.flatnonzero(ok & replace)
+    if len(rep):
+        metas = [dict(_meta_from_json(batch["meta"][i]), indexed_at=now) for i in rep]
+        rows = make_rows(metas, np.asarray(batch["vector"][rep], dtype=np.float32))
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, rows.schema) as w:
+            w.write_table(rows)
+        repl_ipc = sink.getvalue().to_pybytes()
+    skips = [{"path": str(p), "reason": str(e), "size": int(s), "mtime_ns": int(m)}
+             for p, e, s, m, good in zip(batch["path"], batch["error"], batch["size"], batch["mtime_ns"], ok) if not good]
+    return {"fragments": np.array([frags_json], dtype=object), "new_rows": np.array([len(new)], dtype=np.int64),
+            "replace_ipc": np.array([repl_ipc], dtype=object), "replace_rows": np.array([len(rep)], dtype=np.int64),
+            "skips": np.array([json.dumps(skips, ensure_ascii=False)], dtype=object),
+            "done": np.array([len(ok)], dtype=np.int64)}
+
+
+# ------------------------------------------------------------------------------------------------
+# driver
+# ------------------------------------------------------------------------------------------------
+def build_index_ray(index: Index, sources: Iterable[str | Path], options: RayOptions | None = None,
+                    progress: Callable[[Progress], None] | None = None) -> IndexReport:
+    """Bring ``index`` (a LanceDB index, local or on object storage) up to date with ``sources`` on Ray."""
+    opts = options or RayOptions()
+    ray = import_ray()
+    if index.manifest.store != "lancedb":
+        raise ImgragError("--engine ray writes LanceDB indexes; this index uses the "
+                          f"{index.manifest.store} store (use the local engine, or a new --index)")
+    sources = list(sources)
+    if not sources:
+        raise ImgragError("give at least one folder or object-storage prefix to index")
+    with writer_lock(index.root):
+        if not ray.is_initialized():
+            _init_ray(ray, opts.address)
+        return _run(ray, index, sources, opts, progress)
+
+
+def _init_ray(ray, address: str | None) -> None:
+    kw: dict[str, Any] = {"ignore_reinit_error": True, "log_to_driver": False}
+    if address:
+        kw["address"] = address
+    elif not os.environ.get("RAY_ADDRESS"):  # start a local cluster, without the dashboard
+        kw["include_dashboard"] = False
+    try:
+        ray.init(**kw)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        raise ImgragError(f"cannot start or join a Ray cluster ({' '.join(str(e).split())[:200]}); "
+                          "check --ray-address (e.g. auto, or HOST:6379)") from e
+
+
+def _run(ray, index: Index, sources: list, opts: RayOptions, progress) -> IndexReport:
+    import lance
+    import ray.data
+
+    t_start = time.perf_counter()
+    store = index.store
+    exts = opts.extensions or supported_extensions()
+    image_exts = _image_extensions()
+    exclude = [index.root] if index.location.local else []
+    roots, items = list_sources(sources, exts, exclude=exclude, include_hidden=opts.include_hidden)
+    rep = IndexReport(roots=roots)
+
+    # --- plan (same rules as the local indexer) -------------------------------------------------------
+    t0 = time.perf_counter()
+    states = store.file_states()
+    known = {i: (s, m) for i, s, m in zip(*(states[c].to_pylist() for c in ("id", "size", "mtime_ns")))}
+    known_path = dict(zip(states["id"].to_pylist(), states["path"].to_pylist()))
+    indexed_paths = set(known_path.values())
+    prev_skips = {r["path"]: r for r in index.skipped()}
+    kept_skips = [r for p, r in prev_skips.items() if not is_under(p, roots)]
+    run_skips: list[dict] = []
+    seen: set[str] = set()
+    work: list[dict] = []
+    for item in items:
+        rep.scanned += 1
+        seen.add(item.path)
+        if isinstance(item, Skip):
+            run_skips.append(item.to_dict())
+            continue
+        if os.path.splitext(item.path)[1].lower() not in image_exts:  # a document (PDF): local engine only
+            if item.path in indexed_paths:
+                rep.unchanged += 1  # kept as the local engine indexed it (not pruned)
+            else:
+                run_skips.append(Skip(item.path, "documents (PDF) are indexed by the local engine; run imgrag index "
+                                                 "without --engine ray for them", item.size, item.mtime_ns).to_dict())
+            continue
+        k = known.get(item.path)
+        if k is not None and k == (item.size, item.mtime_ns):
+            rep.unchanged += 1
+            continue
+        ps = prev_skips.get(item.path)
+        if ps is not None and not opts.retry_skipped and (ps.get("size"), ps.get("mtime_ns")) == (item.size, item.mtime_ns):
+            run_skips.append(ps)
+            continue
+        work.append({"path": item.path, "size": item.size, "mtime_ns": item.mtime_ns, "replace": k is not None})
+    gone = [i for i, p in known_path.items() if is_under(p, roots) and p not in seen] if opts.prune else []
+    rep.new_or_changed = len(work)
+    rep.seconds["plan"] = time.perf_counter() - t0
+    log.info("ray plan: %d files, %d unchanged, %d to index, %d gone", rep.scanned, rep.unchanged, len(work), len(gone))
+
+    def save_skips() -> None:
+        index.write_skipped(kept_skips + run_skips)
+
+    t_embed = time.perf_counter()
+    if work:
+        rep_embed = _embed_and_write(ray, index, store, work, opts, rep, run_skips, known, save_skips, progress,
+                                     t_embed)
+        rep.seconds.update(rep_embed)
+    save_skips()
+    rep.seconds["embed_total"] = time.perf_counter() - t_embed
+    index._store = None  # reopen: the table has versions this handle has not seen
+    store = index.store
+    if gone:
+        store.delete(gone)
+        rep.deleted = len(gone)
+    to = time.perf_counter()
+    store.optimize()  # compaction + the ANN index, once, after all writes
+    rep.seconds["optimize"] = time.perf_counter() - to
+    rep.skipped = list(run_skips)
+    rep.total_items = store.count()
+    rep.seconds["total"] = time.perf_counter() - t_start
+    lance  # noqa: B018 - imported above so a missing pylance fails before any work
+    return rep
+
+
+def _embed_and_write(ray, index, store, work, opts: RayOptions, rep: IndexReport, run_skips: list, known: dict,
+                     save_skips, progress, t_embed) -> dict[str, float]:
+    import lance
+    import pyarrow as pa
+    import ray.data
+
+    emb = index.embedder
+    transform = emb.image_transform()
+    draft = emb.image_size if opts.draft else None
+    pixel_shape = tuple(np.asarray(transform(_probe_image(emb.image_size))).shape)
+    resources = ray.cluster_resources()
+    has_gpu = float(resources.get("GPU", 0)) >= 1
+    gpus = opts.gpus_per_actor if opts.gpus_per_actor is not None else (1.0 if has_gpu else 0.0)
+    actors = opts.actors or (max(1, int(resources.get("GPU", 0))) if gpus else 1)
+    table_uri = store.table_uri
+    so = storage_options_for(table_uri) if is_uri(table_uri) else {}
+    ds_version = _storage_version(table_uri, so)
+
+    ray.data.DataContext.get_current().enable_progress_bars = False  # the caller draws progress
+    n_blocks = max(1, min(len(work), (len(work) + opts.batch_size - 1) // opts.batch_size))
+    ds = ray.data.from_items(work, override_num_blocks=n_blocks)
+    ds = ds.map_batches(decode_batch, batch_size=opts.batch_size, batch_format="numpy",
+                        num_cpus=opts.cpus_per_decode_task,
+                        fn_kwargs={"transform": transform, "draft_size": draft, "max_pixels": opts.max_pixels,
+                                   "pixel_shape": pixel_shape})
+    ds = ds.map_batches(EmbedActor, batch_size=opts.batch_size, batch_format="numpy", concurrency=actors,
+                        num_gpus=gpus or None, num_cpus=opts.cpus_per_actor,
+                        fn_constructor_kwargs={"spec": index.manifest.model, "fingerprint": index.manifest.fingerprint,
+                                               "dim": index.manifest.dim,
+                                               "device": "cuda" if gpus else opts.device,
+                                               "precision": opts.precision, "batch_size": opts.batch_size,
+                                               "threads": 0 if gpus else max(1, int(opts.cpus_per_actor))})
+    ds = ds.map_batches(write_batch, batch_size=max(1, opts.rows_per_fragment), batch_format="numpy",
+                        num_cpus=min(1.0, opts.cpus_per_decode_task),
+                        fn_kwargs={"table_uri": table_uri, "storage_options": so, "dim": index.manifest.dim,
+                                   "data_storage_version": ds_version})
+
+    pending_frags: list = []
+    pending_new = 0
+    pending_replace: list = []
+    pending_skips: list[dict] = []
+    done = 0
+    secs = {"commit": 0.0}
+
+    def commit() -> None:
+        nonlocal pending_frags, pending_new, pending_replace, pending_skips
+        tc = time.perf_counter()
+        if pending_frags:
+            cur = lance.dataset(table_uri, storage_options=so or None)
+            lance.LanceDataset.commit(table_uri, lance.LanceOperation.Append(pending_frags), read_version=cur.version,
+                                      storage_options=so or None)
+        if pending_replace:
+            store.upsert(pa.concat_tables(pending_replace))
+        failed_known = [s["path"] for s in pending_skips if s["path"] in known]
+        if failed_known:  # indexed before, unreadable now: drop the stale row (as the local engine does)
+            store.delete(failed_known)
+        run_skips.extend(pending_skips)
+        save_skips()
+        rep.embedded += pending_new + sum(t.num_rows for t in pending_replace)
+        pending_frags, pending_new, pending_replace, pending_skips = [], 0, [], []
+        secs["commit"] += time.perf_counter() - tc
+
+    from lance.fragment import FragmentMetadata
+
+    try:
+        for row in ds.iter_rows():
+            for fj in json.loads(row["fragments"]):
+                pending_frags.append(FragmentMetadata.from_json(json.dumps(fj) if isinstance(fj, dict) else fj))
+            pending_new += int(row["new_rows"])
+            if int(row["replace_rows"]):
+                pending_replace.append(pa.ipc.open_stream(pa.py_buffer(row["replace_ipc"])).read_all())
+            pending_skips.extend(json.loads(row["skips"]))
+            done += int(row["done"])
+            if pending_new + sum(t.num_rows for t in pending_replace) >= opts.commit_every:
+                commit()
+            if progress is not None:
+                progress(Progress(done, len(work), rep.embedded + pending_new, 0, len(run_skips) + len(pending_skips),
+                                  time.perf_counter() - t_embed))
+        commit()
+    except KeyboardInterrupt:
+        commit()
+        rep.interrupted = True
+    return secs
+
+
+def _image_extensions() -> frozenset[str]:
+    from imgrag.retrieval.imageio import SUPPORTED_EXTENSIONS
+
+    return frozenset(SUPPORTED_EXTENSIONS)
+
+
+def _probe_image(size: int):
+    from PIL import Image
+
+    return Image.new("RGB", (max(1, size), max(1, size)), (127, 127, 127))
+
+
+def _storage_version(table_uri: str, so: dict) -> str | None:
+    """The table's Lance file format version, so new fragments match the ones lancedb wrote."""
+    import lance
+
+    try:
+        return str(lance.dataset(table_uri, storage_options=so or None).data_storage_version)
+    except Exception:  # noqa: BLE001 - fall back to pylance's default
+        return None
