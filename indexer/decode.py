@@ -98,9 +98,29 @@ class DecodeDataset:
             from imgrag.indexer.documents import ocr_photo_text
 
             meta["text"] = ocr_photo_text(img.image, self.ocr_lang)
-        pixels = self.transform(img.image)
+        pixels = self.transform(bound_aspect(img.image))
         t3 = time.perf_counter()
         return DecodeResult(entry, meta=meta, read_s=t1 - t0, decode_s=t2 - t1, preprocess_s=t3 - t2), pixels
+
+
+#: Longest side / shortest side kept for the model. A resize-shortest-side transform would blow a
+#: 20000×1 strip up to 4.5 M × 224 pixels (3 GB) before cropping the centre; real panoramas stay
+#: far below 16:1, and a centre-crop transform only ever keeps the central square anyway.
+MAX_ASPECT = 16
+
+
+def bound_aspect(img):
+    """Crop the centre of an extremely elongated image to :data:`MAX_ASPECT`:1 (others unchanged)."""
+    w, h = img.size
+    if w > MAX_ASPECT * h:
+        keep = MAX_ASPECT * h
+        left = (w - keep) // 2
+        return img.crop((left, 0, left + keep, h))
+    if h > MAX_ASPECT * w:
+        keep = MAX_ASPECT * w
+        top = (h - keep) // 2
+        return img.crop((0, top, w, top + keep))
+    return img
 
 
 def collate(samples):

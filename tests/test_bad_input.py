@@ -730,3 +730,24 @@ def test_folder_of_10000_files(tmp_path):
     assert {s["reason"] for s in idx.skipped()} == {"zero-byte file"}
     rep2 = build_index(idx, [coll], IndexOptions(batch_size=256, workers=1, commit_every=2048))
     assert rep2.unchanged == 10_000 and rep2.embedded == 0
+
+
+@pytest.mark.parametrize("size", [(2000, 10), (10, 2000), (20000, 1)])
+def test_extreme_strips_are_centre_cropped_before_the_model_transform(size):
+    """A resize-shortest-side transform would blow a 20000×1 strip up to 4.5 M × 224 pixels (3 GB);
+    the indexer crops the centre to 16:1 first, which leaves open_clip's output unchanged."""
+    import open_clip
+    import torch
+
+    from imgrag.indexer.decode import MAX_ASPECT, bound_aspect
+
+    rng = np.random.default_rng(0)
+    w, h = size
+    small = rng.integers(0, 256, (max(1, h // 10), max(1, w // 10), 3), dtype=np.uint8)
+    img = Image.fromarray(small).resize((w, h), Image.BILINEAR)
+    b = bound_aspect(img)
+    assert max(b.size) == MAX_ASPECT * min(b.size) and min(b.size) == min(w, h)
+    assert bound_aspect(Image.new("RGB", (1600, 100))).size == (1600, 100)  # 16:1 itself is kept
+    if max(w, h) * 224 // min(w, h) * 224 <= 30_000_000:  # the uncropped reference fits in memory
+        t = open_clip.image_transform(224, is_train=False)
+        torch.testing.assert_close(t(b), t(img), atol=1e-5, rtol=0)
