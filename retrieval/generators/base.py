@@ -50,3 +50,10 @@ class Generator(ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name}>"
+
+
+from imgrag.retrieval.errors import ImgragError  # noqa: E402
+
+
+class GeneratorError(ImgragError):
+    """A generator failed in a way the user can act on (bad key, rate limit, server error, model)."""
