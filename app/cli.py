@@ -524,7 +524,8 @@ def cmd_ask(args) -> int:
     if uncited:
         print("also shown to the model, not cited:")
         for c in uncited:
-            print(f"  [{c.n}] {c.score:.3f}  {_safe(c.path)}")
+            page = f" page {c.page}" if c.page is not None else ""
+            print(f"  [{c.n}] {c.score:.3f}  {_safe(c.path)}{page}")
     for note in res.notes:
         print(f"note: {note}", file=sys.stderr)
     return 0

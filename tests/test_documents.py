@@ -483,3 +483,45 @@ def test_500_page_pdf_indexes_with_bounded_memory(tmp_path):
     assert r["hit"] == 377
     grown_mb = (r["peak_kb"] - r["base_kb"]) / 1024
     assert grown_mb < 1200, f"memory grew by {grown_mb:.0f} MB while indexing 500 pages"
+
+
+# ------------------------------------------------------------------------------------------------
+# answers from document pages
+# ------------------------------------------------------------------------------------------------
+def test_answer_sends_page_text_as_data_and_cites_document_and_page(tmp_path):
+    from imgrag.retrieval.generators.base import EvidenceItem, Generator
+    from imgrag.retrieval.queries.answer import answer
+
+    class Recorder(Generator):
+        name = "recorder"
+        max_images = 4
+        image_size = 256
+
+        def __init__(self):
+            self.items: list[EvidenceItem] = []
+
+        def stream(self, question, items):
+            self.items = list(items)
+            n = next(it.n for it in items if "Friday" in it.facts.get("page text", ""))
+            yield f"Expense reports are due on Friday [{n}]."
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    filler = "General information about the company and its history. " * 30
+    pdf = write_text_pdf(docs / "handbook.pdf", ["Welcome aboard. " + filler,
+                                                 filler + " Expense reports are due on Friday at noon.",
+                                                 "Parking is on level minus two. " + filler])
+    idx = make_index(tmp_path)
+    build_index(idx, [docs], IndexOptions(**OPTS))
+    gen = Recorder()
+    stream = answer(idx, "When are expense reports due?", k=3, generator=gen)
+    assert stream.text().startswith("Expense reports are due on Friday")
+    res = stream.result
+    assert not res.no_answer  # the fake embedder's cosine is low, but the question's words occur on a page
+    assert [(c.path, c.page) for c in res.citations] == [(str(pdf), 2)]
+    first = gen.items[0]
+    assert first.page == 2 and first.facts["file"] == "handbook.pdf" and first.facts["page"] == "2"
+    # the excerpt around the question's words reaches the model (not just the page's first lines)
+    assert "Expense reports are due on Friday at noon" in first.facts["page text"]
+    assert first.image is not None and max(first.image.size) == 256  # the rendered page itself
+    assert any("keyword" in n for n in res.notes)

@@ -202,12 +202,21 @@ def answer(index: "Index", question: str, *, k: int = 8, max_images: int = 4, ge
     hits = search(index, [Term("text", q, 1.0)], k=k, filters=filters)
     notes: list[str] = []
     best = float(hits[0].score) if hits else None
-    if best is None or best < thr:
+    keyword_hits = False
+    if index.store.has_text():  # document pages / OCR'd images: fuse in keyword matches on their text
+        from imgrag.retrieval.queries.hybrid import rrf_fuse
+
+        txt = index.store.text_search(q, k, filters=filters)
+        if txt:
+            keyword_hits = True  # the question's words occur in the collection: not a "no answer" case
+            hits = rrf_fuse([hits, txt], (1.0, 1.0))[:k]  # scores become fused RRF scores
+            notes.append("retrieval fused image similarity with keyword matches in page/OCR text (hybrid)")
+    if not keyword_hits and (best is None or best < thr):
         items = []
         dropped = [Citation(i + 1, h.id, h.path, float(h.score), h.row.get("page")) for i, h in enumerate(hits)]
         return AnswerStream(q, gen, gen.name, gen.text_only, items, dropped, notes, best, thr, no_answer=True)
 
-    facts = [_facts(index, h) for h in hits]
+    facts = [_facts(index, h, q) for h in hits]
     order = list(range(len(hits)))
     if rerank:
         order = rerank_order(q, hits, facts)
@@ -268,7 +277,7 @@ def rerank_order(question: str, hits: list[Hit], facts: list[dict[str, str]]) ->
     return sorted(range(len(hits)), key=lambda i: -key(i))
 
 
-def _facts(index: "Index", h: Hit) -> dict[str, str]:
+def _facts(index: "Index", h: Hit, question: str = "") -> dict[str, str]:
     """Text evidence about a hit (all of it untrusted data from the file)."""
     row = h.row
     f: dict[str, str] = {"file": os.path.basename(h.path)}
@@ -288,7 +297,12 @@ def _facts(index: "Index", h: Hit) -> dict[str, str]:
     if labels:
         f["looks like"] = labels
     if row.get("text"):
-        f["text in image"] = str(row["text"])
+        if row.get("page") is not None:  # a document page: the passage around the question's words
+            from imgrag.retrieval.textsearch import snippet
+
+            f["page text"] = snippet(str(row["text"]), question, width=560)[0] if question else str(row["text"])
+        else:
+            f["text in image"] = str(row["text"])
     return f
 
 
