@@ -194,7 +194,7 @@ def _available(module: str) -> bool:
 def _add_ask(sub, common) -> None:
     pa = sub.add_parser("ask", parents=[common], help="answer a question from the retrieved images, citing them")
     pa.add_argument("question")
-    pa.add_argument("-k", "--top-k", dest="k", type=_positive_int, default=8, help="images retrieved (default 8)")
+    pa.add_argument("-k", "--k", "--top-k", dest="k", type=_positive_int, default=8, help="images retrieved (default 8)")
     pa.add_argument("--max-images", type=_positive_int, default=4, help="images passed to the generator (default 4)")
     pa.add_argument("--generator", default=None,
                     help="hf:HUB_ID_OR_DIR, anthropic:MODEL, openai:MODEL or smollm2 (default: smollm2, offline)")
