@@ -113,12 +113,16 @@ def server():
 @pytest.mark.parametrize("store", ["lancedb", "faiss"])
 def test_sigkill_at_random_moments_then_rerun_equals_clean(store, tmp_path, server):
     coll = make_corpus(tmp_path)
-    clean_dir = tmp_path / "clean"
-    t0 = time.perf_counter()
-    assert server.run(clean_dir, store, coll) == 0
-    clean_s = time.perf_counter() - t0
-    clean = snapshot(clean_dir)
+    durations = []
+    for c in range(3):  # the shortest of three clean runs spans the kill moments (a loaded machine varies)
+        t0 = time.perf_counter()
+        assert server.run(tmp_path / f"clean{c}", store, coll) == 0
+        durations.append(time.perf_counter() - t0)
+    clean_s = min(durations)
+    clean = snapshot(tmp_path / "clean0")
     assert len(clean[0]) == 32 and len(clean[1]) == 1
+    for c in (1, 2):  # clean runs are deterministic
+        assert_same_index(snapshot(tmp_path / f"clean{c}"), clean, f"clean run {c}")
 
     rng = np.random.default_rng(1234 if store == "lancedb" else 4321)
     landed, trials, moments = 0, 0, []
@@ -397,3 +401,50 @@ def test_damaged_faiss_index_gives_clear_error_in_a_fresh_process(tmp_path, how)
     line = out.stdout.strip()
     assert line.startswith("CorruptIndexError: "), line + out.stderr[-2000:]
     assert "\n" not in line and "rebuild" in line
+
+
+def _damage_lance(root: Path, how: str) -> None:
+    t = root / "lancedb" / "images.lance"
+    data = sorted((t / "data").glob("*.lance"))
+    newest = sorted((t / "_versions").glob("*.manifest"))[0]  # names count down from u64::MAX
+    if how == "truncated_data":
+        for f in data:
+            with open(f, "r+b") as fh:
+                fh.truncate(f.stat().st_size // 2)
+    elif how == "random_data":
+        rng = np.random.default_rng(0)
+        for f in data:
+            f.write_bytes(rng.bytes(f.stat().st_size))
+    elif how == "missing_data":
+        for f in data:
+            f.unlink()
+    elif how == "truncated_manifest":
+        with open(newest, "r+b") as fh:
+            fh.truncate(newest.stat().st_size // 2)
+    elif how == "empty_manifest":
+        newest.write_bytes(b"")
+    elif how == "versions_gone":
+        import shutil
+
+        shutil.rmtree(t / "_versions")
+    else:
+        raise AssertionError(how)
+
+
+@pytest.mark.parametrize("how", ["truncated_data", "random_data", "missing_data", "truncated_manifest",
+                                 "empty_manifest", "versions_gone"])
+def test_damaged_lancedb_index_gives_clear_error_in_a_fresh_process(tmp_path, how):
+    """LanceDB files damaged behind its back: a one-line CorruptIndexError, never a crash, and never a
+    silently empty index (a table whose versions are gone is not recreated over its data)."""
+    coll = tmp_path / "c"
+    tiny_collection(coll, 9)
+    root = tmp_path / "idx"
+    idx = Index.create_or_open(root, FakeEmbedder(), store="lancedb")
+    build_index(idx, [coll], IndexOptions(batch_size=3, workers=0, commit_every=3))
+    _damage_lance(root, how)
+    out = subprocess.run([sys.executable, "-c", DAMAGED_CHILD.format(tests=str(TESTS), root=str(root))],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, f"exit {out.returncode} (signal?): {out.stderr[-2000:]}"
+    line = out.stdout.strip()
+    assert line.startswith("CorruptIndexError: "), line + out.stderr[-2000:]
+    assert "\n" not in line and "--rebuild" in line

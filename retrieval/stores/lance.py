@@ -38,6 +38,8 @@ from imgrag.retrieval.stores.base import (META_COLUMNS, Filters, Hit, VectorStor
 TABLE = "images"
 FTS_INDEX = "text_fts"
 ANN_TYPES = ("ivf_pq", "ivf_hnsw_sq", "none")
+#: Lance error texts that mean a file of the table is damaged or missing (not a bad query)
+_DAMAGE_MARKERS = ("LanceError(IO)", "Not found: ", "does not appear to be a Lance file", "invalid magic")
 _ID_CHUNK = 4096  # ids per ``id IN (...)`` predicate when reading
 
 
@@ -119,6 +121,12 @@ class LanceStore(VectorStore):
             except ValueError as e:
                 if "not found" not in str(e):
                     raise
+                data = os.path.join(str(self.root), f"{TABLE}.lance", "data")
+                if self.location.local and os.path.isdir(data) and os.listdir(data):
+                    # rows were written, but no table version is readable: never start over silently
+                    raise CorruptIndexError(f"the LanceDB table in {self.root} has data but no readable version "
+                                            "(its _versions folder is damaged or gone); rebuild the index with "
+                                            "--rebuild") from e
                 self._tbl = self._db.create_table(TABLE, schema=row_schema(dim), exist_ok=True)
             schema = self._tbl.schema
         except (OSError, RuntimeError, ValueError) as e:
@@ -297,7 +305,10 @@ class LanceStore(VectorStore):
                     qb = qb.ef(max(int(self.ef or 64), 2 * int(k)))
         try:
             res = qb.to_arrow()
-        except (RuntimeError, ValueError) as e:
+        except (RuntimeError, ValueError, OSError) as e:
+            if isinstance(e, OSError) or any(m in str(e) for m in _DAMAGE_MARKERS):  # damaged/missing file
+                raise CorruptIndexError(f"the LanceDB table in {self.root} is damaged ({_short(e)}); "
+                                        "rebuild the index with --rebuild") from e
             raise ImgragError(f"LanceDB search failed ({_short(e)})") from e
         qi = (np.asarray(res["query_index"].to_numpy(zero_copy_only=False), dtype=np.int64)
               if "query_index" in res.column_names else np.zeros(res.num_rows, dtype=np.int64))
