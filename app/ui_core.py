@@ -258,6 +258,7 @@ class ResultItem:
     label: str | None
     page: int | None
     thumb: str  # thumbnail file
+    snippet: str = ""  # document pages / OCR'd images: the page text around the query's words
 
     @property
     def caption(self) -> str:
@@ -265,12 +266,14 @@ class ResultItem:
         parts = [f"{self.score:.3f}", self.name + (f" p.{self.page}" if self.page else "")]
         if self.taken_at:
             parts.append(self.taken_at.strftime("%Y-%m-%d"))
+        if self.snippet:
+            parts.append(self.snippet)
         return " · ".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "path": self.path, "name": self.name, "score": round(self.score, 6),
                 "taken_at": self.taken_at.isoformat() if self.taken_at else None, "width": self.width,
-                "height": self.height, "label": self.label, "page": self.page}
+                "height": self.height, "label": self.label, "page": self.page, "snippet": self.snippet}
 
 
 def display_name(path: str) -> str:
@@ -492,7 +495,8 @@ class Backend:
             r = h.row
             out.append(ResultItem(id=h.id, path=h.path, name=display_name(h.path), score=float(h.score),
                                   taken_at=r.get("taken_at"), width=r.get("width"), height=r.get("height"),
-                                  label=r.get("label"), page=r.get("page"), thumb=str(th)))
+                                  label=r.get("label"), page=r.get("page"), thumb=str(th),
+                                  snippet=r.get("snippet") or ""))
         return out
 
     # -- search ----------------------------------------------------------------------------------
@@ -536,7 +540,16 @@ class Backend:
         filters = make_filters(path_glob, after, before, label)
         terms = self._terms(query)
         self.embedder()
-        hits = search(self.index(), terms, k=k, filters=filters, min_score=min_score, sort_by_date=sort_by_date)
+        plain = len(terms) == 1 and terms[0].kind == "text" and terms[0].weight == 1.0
+        if plain and self.index().store.has_text():  # documents / OCR'd images: vector + keyword (hybrid)
+            from imgrag.retrieval.queries.hybrid import search_documents
+
+            hits = search_documents(self.index(), str(terms[0].value), k=k, mode="hybrid", filters=filters,
+                                    min_score=min_score)
+            if sort_by_date:
+                hits.sort(key=lambda h: (h.row.get("taken_at") is None, h.row.get("taken_at") or 0))
+        else:
+            hits = search(self.index(), terms, k=k, filters=filters, min_score=min_score, sort_by_date=sort_by_date)
         return self._items(hits)
 
     def more_like(self, item_id: str, k: int = 12, path_glob: str = "", after: str = "", before: str = "",

@@ -525,3 +525,20 @@ def test_answer_sends_page_text_as_data_and_cites_document_and_page(tmp_path):
     assert "Expense reports are due on Friday at noon" in first.facts["page text"]
     assert first.image is not None and max(first.image.size) == 256  # the rendered page itself
     assert any("keyword" in n for n in res.notes)
+
+
+def test_ui_backend_search_uses_hybrid_for_documents_and_shows_page_and_snippet(tmp_path):
+    from imgrag.app.ui_core import Backend, UIConfig
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    pdf = write_text_pdf(docs / "guide.pdf", ["Introduction", "Cormorants nest on the sea cliffs", "Index"])
+    idx = make_index(tmp_path)
+    build_index(idx, [docs], IndexOptions(**OPTS))
+    be = Backend(UIConfig(index_root=idx.root, thumb_dir=tmp_path / "thumbs", index_workers=0), index=idx)
+    items = be.search_text("cormorants cliffs", k=3)
+    top = items[0]
+    assert (top.path, top.page) == (str(pdf), 2)
+    assert top.snippet == "Cormorants nest on the sea cliffs"
+    assert "guide.pdf p.2" in top.caption and top.caption.endswith("Cormorants nest on the sea cliffs")
+    assert Path(top.thumb).exists()  # a rendered thumbnail of the page
