@@ -296,6 +296,10 @@ def _facts(index: "Index", h: Hit, question: str = "") -> dict[str, str]:
     labels = _lite_labels(index, h)
     if labels:
         f["looks like"] = labels
+    if row.get("page") is None:
+        comment = exif_text(h.path)
+        if comment:
+            f["exif comment"] = comment
     if row.get("text"):
         if row.get("page") is not None:  # a document page: the passage around the question's words
             from imgrag.retrieval.textsearch import snippet
@@ -304,6 +308,41 @@ def _facts(index: "Index", h: Hit, question: str = "") -> dict[str, str]:
         else:
             f["text in image"] = str(row["text"])
     return f
+
+
+_EXIF_TEXT_TAGS = {0x010E: "description", 0x9286: "user comment", 0x9C9C: "comment", 0x9C9F: "subject"}
+
+
+def exif_text(path: str, limit: int = 400) -> str | None:
+    """ImageDescription / UserComment / XPComment / XPSubject from the file's EXIF (header only, no
+    pixel decoding); None when absent or unreadable. Untrusted data like every other fact."""
+    try:
+        import warnings
+
+        from PIL import Image
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as img:
+                exif = img.getexif()
+                vals = [exif.get(t) for t in (0x010E, 0x9C9C, 0x9C9F)]
+                vals.append(exif.get_ifd(0x8769).get(0x9286))
+    except Exception:  # noqa: BLE001 - unreadable EXIF means "no comment"
+        return None
+    out = []
+    for v in vals:
+        if isinstance(v, bytes):
+            if v[:8] in (b"ASCII\0\0\0", b"UNICODE\0", b"\0" * 8):  # UserComment's 8-byte charset prefix
+                enc = "utf-16" if v[:8] == b"UNICODE\0" else "latin-1"
+                v = v[8:].decode(enc, errors="replace")
+            else:
+                v = v.decode("utf-16-le" if len(v) % 2 == 0 and b"\0" in v else "utf-8", errors="replace")
+        if v:
+            v = str(v).strip("\x00 ").strip()
+            if v and v not in out:
+                out.append(v)
+    text = " | ".join(out)
+    return text[:limit] or None
 
 
 def _lite_labels(index: "Index", h: Hit, top: int = 3) -> str | None:
