@@ -102,3 +102,33 @@ def test_missing_model_is_a_clear_error(tmp_path):
     gen = HFGenerator("llava-hf/llava-1.5-7b-hf")  # hub id, offline in tests: fails fast with a hint
     with pytest.raises(ModelUnavailableError, match="HF_HUB_OFFLINE"):
         gen.processor  # noqa: B018
+
+
+def test_answer_flow_with_a_tiny_vlm(tiny_dirs, tmp_path):
+    """The whole flow with a real (tiny) VLM: images decoded, resized to its resolution, capped, sent."""
+    from fakes import FakeEmbedder
+    from imgrag.indexer.pipeline import IndexOptions, build_index
+    from imgrag.retrieval.index import Index
+    from imgrag.retrieval.queries.answer import answer
+
+    coll = tmp_path / "coll"
+    coll.mkdir()
+    for i, rgb in enumerate([(250, 5, 5), (220, 30, 30), (10, 200, 10), (10, 10, 230)]):
+        Image.new("RGB", (300, 200), rgb).save(coll / f"{i}.png")
+    idx = Index.create_or_open(tmp_path / "idx", FakeEmbedder(), store="lancedb")
+    build_index(idx, [coll], IndexOptions(batch_size=4, workers=0))
+    idx = Index.open(tmp_path / "idx", embedder=FakeEmbedder())
+    gen = load_generator(f"hf:{tiny_dirs['llava']}", device="cpu")
+    gen.max_new_tokens = 5
+    s = answer(idx, "red", k=4, max_images=3, generator=gen, min_score=-1.0)
+    assert len(s.items) == 3 and all(max(it.image.size) <= gen.image_size for it in s.items)
+    assert s.items[0].image.size == (60, 40)  # 300×200 → long side 60 (2 × CLIP shortest edge 30)
+    chunks = list(s)
+    r = s.result
+    assert "".join(chunks).strip() == r.text and len(r.sent) == 3 and len(r.dropped) == 1
+    assert r.generator == f"hf:{tiny_dirs['llava']}" and not r.text_only
+    blip = load_generator(f"hf:{tiny_dirs['blip-2']}", device="cpu")
+    blip.max_new_tokens = 3
+    s2 = answer(idx, "red", k=4, max_images=3, generator=blip, min_score=-1.0)
+    assert len(s2.items) == 1 and any("generator's limit of 1 images" in n for n in s2.notes)
+    s2.text()
