@@ -122,6 +122,14 @@ def ocr_ready(lang: str) -> bool:
 
 def load_page(work: PageWork, transform: Callable, opts: PageOptions, known: frozenset[str], result_cls):
     """Render, read and preprocess one page → ``(result, pixels (views, 3, H, W) or None)``."""
+    try:
+        return _load_page(work, transform, opts, known, result_cls)
+    finally:
+        if work.page >= work.pages:  # the document's last page: release it (pages arrive in order)
+            _doc_cache().close()
+
+
+def _load_page(work: PageWork, transform: Callable, opts: PageOptions, known: frozenset[str], result_cls):
     from imgrag.retrieval import pdf
 
     t0 = time.perf_counter()
