@@ -22,7 +22,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from imgrag.indexer.decode import DEFAULT_MAX_PIXELS, DecodeDataset, collate
+from imgrag.indexer.decode import DEFAULT_MAX_PIXELS, DecodeDataset, DecodeResult, collate
 from imgrag.indexer.documents import DocTracker, PageOptions, plan_documents, reuse_key
 from imgrag.indexer.lease import writer_lock
 from imgrag.indexer.scan import FileEntry, Skip, is_under, normalize_roots, scan
@@ -126,7 +126,6 @@ def build_index(index: Index, roots: Iterable[str | Path], options: IndexOptions
 
 def _run(index: Index, roots: list[str], opts: IndexOptions, progress) -> IndexReport:
     import torch
-    from torch.utils.data import DataLoader
 
     t_start = time.perf_counter()
     rep = IndexReport(roots=roots)
@@ -270,16 +269,12 @@ def _run(index: Index, roots: list[str], opts: IndexOptions, progress) -> IndexR
             workers = default_workers() if opts.workers is None else max(0, opts.workers)
             workers = min(workers, max(0, (len(work) + opts.batch_size - 1) // opts.batch_size))
             cuda = str(getattr(emb, "device", "cpu")).startswith("cuda")
-            loader = DataLoader(ds, batch_size=opts.batch_size, shuffle=False, num_workers=workers,
-                                collate_fn=collate, pin_memory=cuda,
-                                prefetch_factor=2 if workers > 0 else None,
-                                persistent_workers=False)
             tw = time.perf_counter()
             # Workers only read files and run the image transform; they never touch the store, so
             # LanceDB's "fork support is experimental" warning (about its runtime in the child) does
             # not apply to them.
             warnings.filterwarnings("ignore", message=".*fork support is experimental.*")
-            for results, pixels, rows in loader:
+            for results, pixels, rows in decoded_batches(ds, opts.batch_size, workers, cuda):
                 secs["wait"] += time.perf_counter() - tw
                 for r in results:
                     docs.page_done(r.entry.path)
@@ -348,6 +343,75 @@ def _key(entry) -> str:
     """Skip-list key of a work item: the file path, or ``"<path>#page=<n>"`` for a document page."""
     page = getattr(entry, "page", None)
     return f"{entry.path}#page={page}" if page is not None else entry.path
+
+
+CRASH_REASON = "the image decoder crashed on this file (its worker process died); not retried until the file changes"
+
+
+class _Range:
+    """Items ``start:stop`` of a map-style dataset (picklable, for DataLoader workers)."""
+
+    def __init__(self, ds, start: int, stop: int) -> None:
+        self.ds, self.start, self.stop = ds, start, stop
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __getitem__(self, i: int):
+        return self.ds[self.start + i]
+
+
+def _worker_died(e: BaseException) -> bool:
+    return isinstance(e, RuntimeError) and "DataLoader worker" in str(e)
+
+
+def decoded_batches(ds: DecodeDataset, batch_size: int, workers: int, pin_memory: bool = False):
+    """Yield collated batches of ``ds`` in order, decoding in ``workers`` processes.
+
+    A hostile file can crash a native decoder (a segfault in a codec library) and with it the worker
+    process. Then the batches that were in flight are replayed one file at a time in a fresh worker,
+    the file that kills it is reported with :data:`CRASH_REASON`, and decoding goes on: one such
+    file never costs the run, and is not retried by the next run either (it is a recorded skip).
+    """
+    from torch.utils.data import DataLoader
+
+    if workers <= 0:
+        yield from DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=0, collate_fn=collate)
+        return
+    try:  # torch raises worker deaths from a SIGCHLD handler at any point of the main thread (in the
+        # middle of a commit, say); leave detection to the loader's own status check inside this loop
+        from torch.utils.data._utils import signal_handling
+
+        signal_handling._SIGCHLD_handler_set = True
+    except Exception:  # noqa: BLE001  # pragma: no cover - private torch API moved
+        pass
+    n, start = len(ds), 0
+    while start < n:
+        loader = DataLoader(_Range(ds, start, n), batch_size=batch_size, shuffle=False, num_workers=workers,
+                            collate_fn=collate, pin_memory=pin_memory, prefetch_factor=2, persistent_workers=False)
+        try:
+            for batch in loader:
+                start += len(batch[0])
+                yield batch
+            return
+        except RuntimeError as e:
+            if not _worker_died(e):
+                raise
+            log.warning("a decode worker died (%s); finding the file that crashed it", e)
+        window = min(n, start + (2 * workers + 1) * batch_size)  # every file that was in flight
+        while start < window:
+            iso = DataLoader(_Range(ds, start, window), batch_size=1, shuffle=False, num_workers=1,
+                             collate_fn=collate, prefetch_factor=1, persistent_workers=False)
+            try:
+                for batch in iso:  # one file at a time: the worker only holds the file asked for
+                    start += 1
+                    yield batch
+            except RuntimeError as e:
+                if not _worker_died(e):
+                    raise
+                log.warning("decoder crashed on %s", ds.work[start].path)
+                yield [DecodeResult(ds.work[start], error=CRASH_REASON)], None, []
+                start += 1
 
 
 def _skip(meta: dict, reason: str) -> dict:

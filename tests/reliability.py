@@ -168,3 +168,28 @@ def index_worker_main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     index_worker_main(sys.argv[1:])
+
+
+# ------------------------------------------------------------------------------------------------
+# a decoder that crashes natively on hostile input (fault injection)
+# ------------------------------------------------------------------------------------------------
+HOSTILE_RGB = (13, 37, 66)
+
+
+class CrashingTransform:
+    """The fake embedder's transform, except that an image whose top-left pixel is
+    :data:`HOSTILE_RGB` kills the process with SIGSEGV, as a codec bug on a hostile file would."""
+
+    def __call__(self, img):
+        import signal
+
+        if img.convert("RGB").getpixel((0, 0)) == HOSTILE_RGB:
+            os.kill(os.getpid(), signal.SIGSEGV)
+        from fakes import ThumbTransform
+
+        return ThumbTransform()(img)
+
+
+class CrashingEmbedder(FakeEmbedder):
+    def image_transform(self):
+        return CrashingTransform()

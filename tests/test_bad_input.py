@@ -751,3 +751,27 @@ def test_extreme_strips_are_centre_cropped_before_the_model_transform(size):
     if max(w, h) * 224 // min(w, h) * 224 <= 30_000_000:  # the uncropped reference fits in memory
         t = open_clip.image_transform(224, is_train=False)
         torch.testing.assert_close(t(b), t(img), atol=1e-5, rtol=0)
+
+
+@pytest.mark.slow
+def test_native_decoder_crash_costs_one_file_not_the_run(tmp_path):
+    """A file that makes the decoder segfault (fault injection in the worker's transform) kills its
+    decode worker: the pipeline replays the batches in flight one file at a time, records the
+    culprit with a reason, indexes everything else, and the next run does not touch it again."""
+    from reliability import HOSTILE_RGB, CrashingEmbedder
+
+    from imgrag.indexer.pipeline import CRASH_REASON
+
+    coll = tmp_path / "coll"
+    good = tiny_collection(coll, 24, seed=2)
+    hostile = [coll / "d2" / "evil1.png", coll / "d5" / "evil2.png"]
+    for p in hostile:
+        Image.new("RGB", (8, 8), HOSTILE_RGB).save(p)
+    idx = Index.create_or_open(tmp_path / "idx", CrashingEmbedder(), store="lancedb")
+    opts = IndexOptions(batch_size=3, workers=2, commit_every=4)
+    rep = build_index(idx, [coll], opts)
+    assert not rep.interrupted
+    assert set(all_rows(idx)) == {str(p) for p in good}
+    assert {s["path"]: s["reason"] for s in idx.skipped()} == {str(p): CRASH_REASON for p in hostile}
+    rep2 = build_index(idx, [coll], opts)
+    assert rep2.new_or_changed == 0 and rep2.embedded == 0 and len(idx.skipped()) == 2
