@@ -468,9 +468,13 @@ def create_app(backend: Backend, auth: tuple[str, str] | None = None):
     theme = gr.themes.Default(primary_hue="blue",
                               font=["system-ui", "-apple-system", "Segoe UI", "Helvetica", "Arial", "sans-serif"],
                               font_mono=["ui-monospace", "Menlo", "Consolas", "monospace"])
-    app = gr.mount_gradio_app(app, demo, path="/", auth=auth, footer_links=["api", "settings"], run_history=False,
-                              max_file_size=backend.config.max_upload_bytes, theme=theme, css=CSS,
-                              allowed_paths=[], show_error=True, ssr_mode=False, mcp_server=False)
+    import inspect
+
+    opts = dict(auth=auth, footer_links=["api", "settings"], run_history=False,
+                max_file_size=backend.config.max_upload_bytes, theme=theme, css=CSS, allowed_paths=[],
+                show_error=True, ssr_mode=False, mcp_server=False)
+    accepted = inspect.signature(gr.mount_gradio_app).parameters
+    app = gr.mount_gradio_app(app, demo, path="/", **{k: v for k, v in opts.items() if k in accepted})
     for r in app.routes:
         if isinstance(r, Mount):
             holder["gradio"] = r.app

@@ -268,6 +268,39 @@ def test_index_a_folder_in_background_and_list_skips(backend, tmp_path):
     assert any(it.name.startswith("m") for it in backend.search_text("blue", k=10))
 
 
+def test_search_answers_while_an_indexing_job_is_running(tmp_path, corpus):
+    """The UI stays responsive: indexing runs in a background thread; searching does not wait for it."""
+    import threading
+
+    gate, entered = threading.Event(), threading.Event()
+
+    class GatedEmbedder(FakeEmbedder):
+        def embed_pixels(self, pixels):
+            entered.set()
+            assert gate.wait(60)  # hold the indexer mid-run until the test lets it go
+            return super().embed_pixels(pixels)
+
+    idx = Index.create_or_open(tmp_path / "idx2", GatedEmbedder())
+    gate.set()
+    build_index(idx, [corpus], IndexOptions(workers=0, batch_size=4))
+    gate.clear()
+    b = Backend(UIConfig(index_root=idx.root, thumb_dir=tmp_path / "thumbs2", index_workers=0), index=idx)
+    more = tmp_path / "more2"
+    more.mkdir()
+    for i in range(3):
+        _img((200, 10 * i, 10)).save(more / f"r{i}.png")
+    b.start_indexing(str(more))
+    assert entered.wait(60)
+    try:
+        assert b.jobs.status.state == "running"
+        items = b.search_text("red", k=2)  # answered while the indexer is blocked mid-batch
+        assert items[0].name == "red.png" and b.jobs.status.state == "running"
+    finally:
+        gate.set()
+    assert b.jobs.wait(60).state == "done"
+    assert b.info()["items"] == 8
+
+
 @pytest.mark.parametrize("folder,msg", [("", "type the path"), ("relative/dir", "absolute"),
                                         ("/no/such/folder", "not found")])
 def test_index_folder_errors(backend, folder, msg):

@@ -123,6 +123,29 @@ def test_search_api_and_query_image_terms(site):
     assert out[0] == [] and "indexed image" in out[-1] and "imgrag-error" in out[-1]
 
 
+def _upload(url: str, data: bytes, name: str) -> tuple[int, bytes]:
+    import urllib.request
+
+    boundary = "imgragboundary7f3a"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"{name}\"\r\n"
+            f"Content-Type: application/octet-stream\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    req = urllib.request.Request(f"{url}/gradio_api/upload", data=body, method="POST",
+                                 headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    try:
+        with urllib.request.urlopen(req, timeout=120) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def test_uploads_over_the_byte_limit_are_refused_by_the_upload_route(site):
+    url = site["server"].url
+    st, body = _upload(url, b"\x89PNG\r\n\x1a\n" + os.urandom(26 * 1024 * 1024), "big.png")  # limit: 25 MB
+    assert st == 413 and b"exceeded maximum allowed size" in body
+    st, body = _upload(url, (SAMPLES / "food/apple.png").read_bytes(), "apple.png")
+    assert st == 200 and b"apple.png" in body
+
+
 def test_host_warning_and_auth(site, tmp_path):
     srv = Server(site["idx"], "--auth", "alice:wonder", host="0.0.0.0", cache=tmp_path)
     try:
