@@ -515,7 +515,7 @@ def serve(args) -> int:
         print(f"imgrag: warning: listening on {host} makes the UI reachable from other machines: anyone who can "
               "connect can search and view your indexed images and index folders on this machine"
               + ("" if auth else "; protect it with --auth USER:PASSWORD"), file=sys.stderr)
-    root = Path(args.index) if args.index else default_index_dir()
+    root = args.index or default_index_dir()  # a folder or an object-storage URI
     cfg = UIConfig(index_root=root, device=args.device, precision=args.precision,
                    generator=getattr(args, "generator", None),
                    max_upload_bytes=int(getattr(args, "max_upload_mb", 25) * 1024 * 1024),
