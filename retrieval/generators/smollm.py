@@ -116,10 +116,11 @@ class SmolLMGenerator(Generator):
         if not items:
             yield NOT_SHOWN
             return
+        self._ensure_loaded()  # before any output: a missing model is an error, not half an answer
         it = pick_evidence(question, items)
-        what = ", ".join(k for k in ("file", "folder", "taken", "label", "looks like", "text in image") if k in it.facts)
+        what = ", ".join(k for k in ("file", "folder", "taken", "label", "looks like", "exif comment",
+                                     "text in image", "page text") if k in it.facts)
         yield f"From the text evidence of image [{it.n}] ({what or 'no facts'}; the model did not see the picture): "
-        self._ensure_loaded()
         prompt = build_small_prompt(question, it)
         msgs = [{"role": "system", "content": prompt.system}, {"role": "user", "content": prompt.text()}]
         yield from self._sentences(self._generate_stream(msgs))
