@@ -550,13 +550,34 @@ COMMANDS = {"index": cmd_index, "search": cmd_search, "classify": cmd_classify, 
             "ask": cmd_ask, "serve": cmd_serve, "eval": cmd_eval}
 
 
+def _command_lock(args):
+    """``imgrag index`` on a local index takes the writer lock first: a second indexer is refused
+    before it loads a model, and before ``--rebuild`` could wipe the files of the one running."""
+    import contextlib
+
+    if args.command != "index":
+        return contextlib.nullcontext()
+    from imgrag.retrieval.index import default_index_dir
+    from imgrag.retrieval.location import is_uri
+
+    root = args.index or default_index_dir()
+    if is_uri(str(root)):
+        return contextlib.nullcontext()  # object storage: the lease taken by the run itself
+    from pathlib import Path
+
+    from imgrag.indexer.lock import IndexLock
+
+    return IndexLock(Path(root), outer=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
-        return COMMANDS[args.command](args)
+        with _command_lock(args):
+            return COMMANDS[args.command](args)
     except ImgragError as e:
         if getattr(args, "debug", False):
             raise

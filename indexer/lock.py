@@ -8,7 +8,9 @@ dead process never blocks the next run. The pid written inside the file only ser
 file naming a dead process is a stale lock and is simply taken over (and its text replaced).
 
 POSIX locks do not exclude threads or handles of the same process, so a process-wide registry
-refuses a second :class:`IndexLock` on the same index from within one process too.
+refuses a second :class:`IndexLock` on the same index from within one process too — except that a
+lock taken with ``outer=True`` may be taken again by the same thread: the CLI takes it before loading
+a model or wiping an index for ``--rebuild``, and ``build_index`` takes it again inside.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from imgrag.retrieval.errors import IndexLockedError
 LOCK_NAME = "index.lock"
 log = logging.getLogger("imgrag.indexer")
 
-_held: set[str] = set()  # lock files held by this process (real paths)
+_held: dict[str, list] = {}  # lock files held by this process (real path) -> [thread ident, depth, outer]
 _held_guard = threading.Lock()
 
 
@@ -58,10 +60,12 @@ def stale_holder(text: str) -> int | None:
 
 
 class IndexLock:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, outer: bool = False) -> None:
         self.path = Path(root) / LOCK_NAME
+        self.outer = outer  # the same thread may take this lock again while it is held
         self._fd: int | None = None
         self._key: str | None = None
+        self._nested = False
         #: pid named in a stale lock file that :meth:`acquire` took over (None if the file was clean)
         self.cleared_stale: int | None = None
 
@@ -75,7 +79,11 @@ class IndexLock:
         key = os.path.realpath(self.path)
         with _held_guard:
             if key in _held:
-                raise self._refuse(f"pid {os.getpid()} on {socket.gethostname()}, this process")
+                if not (_held[key][2] and _held[key][0] == threading.get_ident()):
+                    raise self._refuse(f"pid {os.getpid()} on {socket.gethostname()}, this process")
+                _held[key][1] += 1  # the holding thread again: re-entrant
+                self._key, self._nested = key, True
+                return self
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
                 fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -93,19 +101,24 @@ class IndexLock:
                 log.info("cleared a stale lock on %s left by dead process %d", self.path.parent, self.cleared_stale)
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
-            _held.add(key)
+            _held[key] = [threading.get_ident(), 1, self.outer]
             self._fd, self._key = fd, key
         return self
 
     def release(self) -> None:
         with _held_guard:
+            if self._nested:
+                if self._key in _held:
+                    _held[self._key][1] -= 1
+                self._nested, self._key = False, None
+                return
             if self._fd is not None:
                 try:
                     os.ftruncate(self._fd, 0)
                     fcntl.lockf(self._fd, fcntl.LOCK_UN)
                 finally:
                     os.close(self._fd)
-                    _held.discard(self._key)
+                    _held.pop(self._key, None)
                     self._fd = self._key = None
 
     def __enter__(self) -> "IndexLock":

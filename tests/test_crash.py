@@ -236,12 +236,28 @@ def test_second_indexer_refused_with_clear_message(tmp_path):
     assert rep.total_items == 3
 
 
-def test_second_lock_in_same_process_refused(tmp_path):
-    with IndexLock(tmp_path):
+def test_lock_in_same_process_other_thread_refused_same_thread_reentrant(tmp_path):
+    import threading
+
+    with IndexLock(tmp_path):  # a plain lock is not re-entrant
         with pytest.raises(IndexLockedError, match="this process"):
             IndexLock(tmp_path).acquire()
+    with IndexLock(tmp_path, outer=True):
+        caught = []
+        t = threading.Thread(target=lambda: caught.append(pytest.raises(IndexLockedError, IndexLock(tmp_path).acquire)))
+        t.start()
+        t.join()
+        assert caught and "this process" in str(caught[0].value)
+        with IndexLock(tmp_path):  # the holding thread again (the CLI holds it around build_index)
+            pass
+        assert read_holder(tmp_path / "index.lock") == f"pid {os.getpid()} on {os.uname().nodename}"  # still held
+        t = threading.Thread(target=lambda: caught.append(pytest.raises(IndexLockedError, IndexLock(tmp_path).acquire)))
+        t.start()
+        t.join()
+        assert len(caught) == 2
     with IndexLock(tmp_path):  # released properly
         pass
+    assert read_holder(tmp_path / "index.lock") == ""
 
 
 @pytest.mark.parametrize("fork_worker", [False, True])
@@ -289,6 +305,28 @@ def test_cli_second_indexer_exit_code_and_one_line(tmp_path):
     assert len(err) == 1 and err[0].startswith("imgrag: error: index ") and "another imgrag process" in err[0]
     assert f"pid {p.pid}" in err[0], out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_cli_rebuild_refused_while_another_indexer_runs(tmp_path):
+    """``--rebuild`` must not wipe an index another process is writing: the lock comes first."""
+    coll = tmp_path / "c"
+    tiny_collection(coll, 3)
+    idx = Index.create_or_open(tmp_path / "idx", FakeEmbedder(), store="lancedb")
+    build_index(idx, [coll], IndexOptions(workers=0))
+    before = sorted(p.relative_to(idx.root) for p in idx.root.rglob("*"))
+    p = _holder(idx.root)
+    try:
+        out = subprocess.run([sys.executable, "-m", "imgrag.app.cli", "index", str(coll), "--index", str(idx.root),
+                              "--model", "imgrag-tiny-clip", "--rebuild", "--workers", "0"],
+                             capture_output=True, text=True, timeout=300)
+    finally:
+        p.kill()
+        p.wait()
+        p.stdout.close()
+    assert out.returncode == 3 and "another imgrag process" in out.stderr, out.stderr[-2000:]
+    assert "No pretrained weights" not in out.stderr  # refused before loading a model
+    assert sorted(p.relative_to(idx.root) for p in idx.root.rglob("*")) == before
+    assert Index.open(idx.root, embedder=FakeEmbedder()).store.count() == 3
 
 
 # ------------------------------------------------------------------------------------------------
