@@ -428,7 +428,11 @@ class Backend:
 
     def __init__(self, config: UIConfig, index: "Index | None" = None) -> None:
         self.config = config
-        self.root = Path(index.root if index is not None else config.index_root).expanduser().resolve()
+        from imgrag.retrieval.location import is_uri
+
+        root = index.root if index is not None else config.index_root
+        # a folder, or an object-storage URI (s3://…) that many servers can read at once
+        self.root = root if is_uri(root) else Path(root).expanduser().resolve()
         self.thumbs = ThumbCache(config.thumb_dir or default_thumb_dir(self.root))
         self.jobs = JobRunner()
         self._lock = threading.RLock()
@@ -446,9 +450,9 @@ class Backend:
             return self._index
 
     def has_index(self) -> bool:
-        from imgrag.retrieval.index import MANIFEST
+        from imgrag.retrieval.index import Manifest
 
-        return self._index is not None or (self.root / MANIFEST).exists()
+        return self._index is not None or Manifest.exists(self.root)
 
     def embedder(self):
         idx = self.index()
@@ -635,7 +639,7 @@ class Backend:
         index = self.index()
 
         def job(st: JobStatus) -> str:
-            from imgrag.indexer.lock import IndexLock
+            from imgrag.indexer.lease import writer_lock
 
             st.total = index.store.count()
             counts: dict[str, int] = {}
@@ -644,7 +648,7 @@ class Backend:
                 st.done, st.total = done, total
 
             # the writer lock keeps a concurrent `imgrag index` from interleaving with the write-back
-            with IndexLock(index.root) if write else _nullcontext():
+            with writer_lock(index.root) if write else _nullcontext():
                 for _id, _path, p in classify_index(index, clf, write=write, progress=prog):
                     counts[str(p.label)] = counts.get(str(p.label), 0) + 1
             st.detail = {"counts": counts}

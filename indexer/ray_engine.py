@@ -6,7 +6,8 @@ Stages (one Ray Dataset, streamed, so memory stays bounded on every node):
    prefixes (``s3://bucket/photos/`` through :mod:`pyarrow.fs`) — and compare with the index's rows by
    size and mtime, exactly like the local indexer: unchanged files are skipped, files that failed before
    and did not change are not retried, rows of deleted files are pruned.
-2. **Decode** (CPU tasks): read, hash, decode and preprocess with the local indexer's own code
+2. **Decode** (CPU tasks; fused into the embedding actors on CPU-only clusters, where the resource
+   requests match): read, hash, decode and preprocess with the local indexer's own code
    (:class:`~imgrag.indexer.decode.DecodeDataset`, :func:`~imgrag.retrieval.imageio.decode_image` and the
    embedder's ``image_transform``); a bad file becomes a skip record, never a failed task.
 3. **Embed** (actor pool): one model per actor, loaded once (``num_gpus=1`` per actor on GPU clusters,
@@ -168,6 +169,7 @@ def decode_batch(batch: dict[str, np.ndarray], transform, draft_size: int | None
     """Ray map_batches UDF: paths → preprocessed pixels + metadata, or an error per row."""
     from imgrag.indexer.decode import DecodeDataset
 
+    t0 = time.perf_counter()
     entries = [FileEntry(str(p), int(s), int(m)) for p, s, m in zip(batch["path"], batch["size"], batch["mtime_ns"])]
     local = DecodeDataset(entries, transform, draft_size, max_pixels)
     n = len(entries)
@@ -192,7 +194,7 @@ def decode_batch(batch: dict[str, np.ndarray], transform, draft_size: int | None
         errors.append("" if ok[i] else (err or "no pixels"))
     return {"path": batch["path"], "size": batch["size"], "mtime_ns": batch["mtime_ns"], "replace": batch["replace"],
             "meta": np.array(metas, dtype=object), "error": np.array(errors, dtype=object), "ok": ok,
-            "pixels": pixels}
+            "pixels": pixels, "decode_s": np.full(n, (time.perf_counter() - t0) / max(1, n))}
 
 
 class EmbedActor:
@@ -216,6 +218,7 @@ class EmbedActor:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
 
+        t0 = time.perf_counter()
         ok = np.asarray(batch["ok"], dtype=bool).copy()
         errors = list(batch["error"])
         n = len(ok)
@@ -231,7 +234,8 @@ class EmbedActor:
                 vectors[idx[j]] = 0
         return {"path": batch["path"], "size": batch["size"], "mtime_ns": batch["mtime_ns"],
                 "replace": batch["replace"], "meta": batch["meta"], "error": np.array(errors, dtype=object),
-                "ok": ok, "vector": vectors}
+                "ok": ok, "vector": vectors, "decode_s": batch["decode_s"],
+                "embed_s": np.full(n, (time.perf_counter() - t0) / max(1, n))}
 
 
 def write_batch(batch: dict[str, np.ndarray], table_uri: str, storage_options: dict, dim: int,
@@ -241,6 +245,7 @@ def write_batch(batch: dict[str, np.ndarray], table_uri: str, storage_options: d
 
     from imgrag.retrieval.stores.base import make_rows
 
+    t0 = time.perf_counter()
     ok = np.asarray(batch["ok"], dtype=bool)
     replace = np.asarray(batch["replace"], dtype=bool)
     now = datetime.now()
@@ -267,7 +272,9 @@ def write_batch(batch: dict[str, np.ndarray], table_uri: str, storage_options: d
     return {"fragments": np.array([frags_json], dtype=object), "new_rows": np.array([len(new)], dtype=np.int64),
             "replace_ipc": np.array([repl_ipc], dtype=object), "replace_rows": np.array([len(rep)], dtype=np.int64),
             "skips": np.array([json.dumps(skips, ensure_ascii=False)], dtype=object),
-            "done": np.array([len(ok)], dtype=np.int64)}
+            "done": np.array([len(ok)], dtype=np.int64),
+            "decode_s": np.array([float(np.sum(batch["decode_s"]))]), "embed_s": np.array([float(np.sum(batch["embed_s"]))]),
+            "write_s": np.array([time.perf_counter() - t0])}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -403,7 +410,11 @@ def _embed_and_write(ray, index, store, work, opts: RayOptions, rep: IndexReport
                         num_cpus=opts.cpus_per_decode_task,
                         fn_kwargs={"transform": transform, "draft_size": draft, "max_pixels": opts.max_pixels,
                                    "pixel_shape": pixel_shape})
-    ds = ds.map_batches(EmbedActor, batch_size=opts.batch_size, batch_format="numpy", concurrency=actors,
+    # On GPU clusters decode tasks (CPU) and embedding actors (GPU) are separate operators; on CPU-only
+    # clusters their resource requests match and Ray Data fuses decode into the actors, so each actor
+    # decodes its own batches and no float pixels cross process boundaries.
+    ds = ds.map_batches(EmbedActor, batch_size=opts.batch_size, batch_format="numpy",
+                        compute=ray.data.ActorPoolStrategy(size=actors),
                         num_gpus=gpus or None, num_cpus=opts.cpus_per_actor,
                         fn_constructor_kwargs={"spec": index.manifest.model, "fingerprint": index.manifest.fingerprint,
                                                "dim": index.manifest.dim,
@@ -420,7 +431,7 @@ def _embed_and_write(ray, index, store, work, opts: RayOptions, rep: IndexReport
     pending_replace: list = []
     pending_skips: list[dict] = []
     done = 0
-    secs = {"commit": 0.0}
+    secs = {"commit": 0.0, "decode": 0.0, "model": 0.0, "write": 0.0}  # summed over workers
 
     def commit() -> None:
         nonlocal pending_frags, pending_new, pending_replace, pending_skips
@@ -451,6 +462,9 @@ def _embed_and_write(ray, index, store, work, opts: RayOptions, rep: IndexReport
                 pending_replace.append(pa.ipc.open_stream(pa.py_buffer(row["replace_ipc"])).read_all())
             pending_skips.extend(json.loads(row["skips"]))
             done += int(row["done"])
+            secs["decode"] += float(row["decode_s"])
+            secs["model"] += float(row["embed_s"])
+            secs["write"] += float(row["write_s"])
             if pending_new + sum(t.num_rows for t in pending_replace) >= opts.commit_every:
                 commit()
             if progress is not None:

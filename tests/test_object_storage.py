@@ -266,3 +266,12 @@ def test_reader_process_sees_consistent_versions(s3, tmp_path, tiny_model_config
                        env=dict(os.environ), timeout=180)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["items"] == 15
+
+    # the web UI's backend (what `imgrag serve --index s3://…` runs) reads the same index
+    from imgrag.app.ui_core import Backend, UIConfig
+
+    backend = Backend(UIConfig(index_root=uri, device="cpu", thumb_dir=tmp_path / "thumbs"), index=None)
+    assert backend.has_index() and backend.root == uri
+    items = backend.search_text("a photo of a cat", k=5)
+    assert [it.id for it in items] == [h.id for h in ref]
+    assert all(Path(it.thumb).is_file() for it in items)
