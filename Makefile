@@ -55,8 +55,10 @@ demo: demo-index
 	  $(VENV)/bin/imgrag serve --index $(DEMO_INDEX); \
 	fi
 
+# CPU benchmarks at CI scale (see BENCHMARKS.md for run times); BENCH_ARGS=--full for the issue's scale,
+# BENCH_ARGS="--only search_scale,latency" for a subset. Figures: bench/results/results.jsonl.
 bench: install
-	$(PY) bench/run_all.py
+	$(PY) bench/run_all.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(DEMO_INDEX) test-output .pytest_cache

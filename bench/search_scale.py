@@ -133,10 +133,10 @@ def configs(n: int) -> dict[str, dict]:
     pq_m = 64
     out = {
         "faiss-flat": {"kind": "faiss", "factory": "Flat", "params": [None]},
-        "faiss-hnsw32-sq8": {"kind": "faiss", "factory": "HNSW32,SQ8", "efc": 40, "params": [16, 32, 64, 128]},
-        "faiss-ivf-sq8": {"kind": "faiss", "factory": f"IVF{nlist},SQ8", "params": [8, 16, 32, 64]},
-        "faiss-ivf-pq": {"kind": "faiss", "factory": f"IVF{nlist},PQ{pq_m}", "params": [8, 16, 32, 64]},
-        "faiss-hnsw32": {"kind": "faiss", "factory": "HNSW32", "efc": 40, "params": [16, 32, 64, 128]},
+        "faiss-hnsw32-sq8": {"kind": "faiss", "factory": "HNSW32,SQ8", "efc": 40, "params": [16, 32, 64, 128, 256]},
+        "faiss-ivf-sq8": {"kind": "faiss", "factory": f"IVF{nlist},SQ8", "params": [8, 16, 32, 64, 128]},
+        "faiss-ivf-pq": {"kind": "faiss", "factory": f"IVF{nlist},PQ{pq_m}", "params": [8, 16, 32, 64, 128]},
+        "faiss-hnsw32": {"kind": "faiss", "factory": "HNSW32", "efc": 40, "params": [16, 32, 64, 128, 256]},
         "lance-ivf_pq": {"kind": "lance", "ann": "ivf_pq",
                          "params": [(20, 10), (10, 10), (40, 10), (20, 20), (40, 40), (20, 0)]},
         "lance-ivf_hnsw_sq": {"kind": "lance", "ann": "ivf_hnsw_sq", "params": [(1, 32), (1, 64), (1, 128)]},
