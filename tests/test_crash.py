@@ -155,15 +155,11 @@ def test_sigkill_at_random_moments_then_rerun_equals_clean(store, tmp_path, serv
 
 
 @pytest.mark.slow
-def test_kill_harness_catches_a_non_atomic_writer(tmp_path):
+def test_kill_harness_catches_a_non_atomic_writer(tmp_path, server):
     """The same harness against a deliberately broken writer (FAISS manifest written in place, not
     temp + rename): some kill must leave an index the rerun cannot open or that differs from clean."""
     coll = make_corpus(tmp_path)
-    good = ForkServer()
-    try:
-        assert good.run(tmp_path / "clean", "faiss", coll) == 0
-    finally:
-        good.close()
+    assert server.run(tmp_path / "clean", "faiss", coll) == 0
     clean = snapshot(tmp_path / "clean")
     bad = ForkServer(env={"IMGRAG_TEST_SABOTAGE": "torn_manifest"})
     rng = np.random.default_rng(7)
