@@ -117,7 +117,12 @@ def build_prompt(question: str, items: list["EvidenceItem"], *, text_only: bool 
     if not items:
         parts.append("No images were found for this question.\n")
     else:
-        parts.append("Images:\n" if not text_only else "Evidence about the images:\n")
+        if text_only:
+            parts.append("Evidence about the images:\n")
+        elif len(items) == 1:
+            parts.append("Image [1]:\n")
+        else:
+            parts.append(f"Images [1] to [{len(items)}], in the order they are given:\n")
     for it in items:
         parts.append(f"[{it.n}] ")
         if not text_only:
