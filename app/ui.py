@@ -14,6 +14,7 @@ the theme uses fonts bundled with Gradio or the system's.
 """
 
 import html
+import itertools
 import logging
 import os
 import socket
@@ -64,11 +65,17 @@ def error_text(e: BaseException) -> str:
     return f"internal error: {type(e).__name__}{': ' + msg if msg else ''} (details in the server log)"
 
 
+_SEQ = itertools.count(1)
+
+
 def status_html(msg: str = "", error: bool = False) -> str:
+    """A status line. ``data-seq`` differs on every call, so each answer re-renders (and tests can tell
+    a new answer from an identical previous one)."""
+    seq = next(_SEQ)
     if not msg:
-        return "<div class='imgrag-status'></div>"
+        return f"<div class='imgrag-status' data-seq='{seq}'></div>"
     cls = "imgrag-status imgrag-error" if error else "imgrag-status"
-    return f"<div class='{cls}'>{'⚠ ' if error else ''}{esc(msg)}</div>"
+    return f"<div class='{cls}' data-seq='{seq}'>{'⚠ ' if error else ''}{esc(msg)}</div>"
 
 
 def gallery_value(items: list[ResultItem]) -> list[tuple[str, str]]:

@@ -69,11 +69,20 @@ def _search(page, text: str, k: int | None = None) -> None:
     _tab(page, "Search")
     box = page.locator("#search-query textarea, #search-query input").first
     box.fill(text)
-    page.click("#search-button")
+    _click_and_wait(page, "#search-button", "#search-status")
+
+
+def _seq(page, status: str) -> str:
+    return page.evaluate(f"() => document.querySelector('{status} [data-seq]')?.dataset.seq || ''")
+
+
+def _click_and_wait(page, button: str, status: str) -> None:
+    """Click, then wait for the status line to be replaced by this click's answer (a new data-seq)."""
+    before = _seq(page, status)
+    page.click(button)
     page.wait_for_function(
-        "([sel, q]) => { const t = document.querySelector(sel)?.innerText || '';"
-        " return t.includes(`result(s) for '${q}'`) || t.includes('no results') || t.includes('⚠'); }",
-        arg=["#search-status", text])
+        "([sel, before]) => { const e = document.querySelector(sel + ' [data-seq]');"
+        " return e && e.dataset.seq !== before; }", arg=[status, before])
     page.wait_for_timeout(300)  # let the gallery render
 
 
@@ -91,10 +100,38 @@ def test_search_shows_expected_top_image_and_more_like_this(browser_page):
     # select the top result: details, then "more like this" (the item itself is excluded)
     page.locator("#search-gallery img").first.click()
     page.wait_for_function("() => document.querySelector('#search-detail').innerText.includes('cat_chelsea.jpg')")
-    page.click("#more-like-this")
-    page.wait_for_function("() => document.querySelector('#search-status').innerText.includes('like the selected')")
+    _click_and_wait(page, "#more-like-this", "#search-status")
+    assert "like the selected" in page.locator("#search-status").inner_text()
     caps = _captions(page, "#search-gallery")
     assert caps and not any("cat_chelsea.jpg" in c for c in caps)
+
+
+@pytest.fixture
+def reset_filters(browser_page):
+    yield
+    page, _ = browser_page
+    for sel in ("#search-glob", "#search-after"):  # back to no filters for the next tests
+        page.locator(f"{sel} textarea, {sel} input").first.fill("")
+    page.locator("#search-sort-date input[type=checkbox]").uncheck()
+
+
+def test_filters_cutoff_and_sort_by_date(browser_page, reset_filters):
+    page, _ = browser_page
+    _tab(page, "Search")
+    page.get_by_text("Filters and options").click()
+    page.locator("#search-glob textarea, #search-glob input").first.fill("*/dated/*")
+    page.locator("#search-sort-date input[type=checkbox]").check()
+    _search(page, "a flower")
+    caps = _captions(page, "#search-gallery")
+    assert len(caps) == 2 and "daisy_2019.jpg · 2019-05-01" in caps[0] and "apple_2021.jpg · 2021-07-15" in caps[1], caps
+    page.locator("#search-after textarea, #search-after input").first.fill("2020-01-01")
+    _search(page, "a flower")
+    caps = _captions(page, "#search-gallery")
+    assert len(caps) == 1 and "apple_2021.jpg" in caps[0], caps
+    page.locator("#search-after textarea, #search-after input").first.fill("not a date")
+    _search(page, "a flower")
+    assert "⚠ after: 'not a date' is not a date (use YYYY-MM-DD)" in page.locator("#search-status").inner_text()
+    page.screenshot(path=str(SHOTS / "search-filters.png"), full_page=True)
 
 
 def test_file_names_with_html_are_shown_escaped(browser_page):
@@ -124,8 +161,8 @@ def test_search_by_image_finds_the_near_duplicate(browser_page, tmp_path):
     _tab(page, "Search by image")
     page.locator("#image-query input[type=file]").set_input_files(str(q))
     page.wait_for_selector("#image-query img")
-    page.click("#image-button")
-    page.wait_for_function("() => document.querySelector('#image-status').innerText.includes('nearest')")
+    _click_and_wait(page, "#image-button", "#image-status")
+    assert "nearest" in page.locator("#image-status").inner_text()
     page.wait_for_selector("#image-gallery img")
     caps = _captions(page, "#image-gallery")
     assert caps and "coffee_cup.jpg" in caps[0], caps
@@ -149,8 +186,7 @@ def test_oversized_upload_is_refused_with_a_message(browser_page, tmp_path):
         if page.locator("#image-query button[aria-label*='Clear'], #image-query button[title*='Clear']").count() else None
     page.locator("#image-query input[type=file]").set_input_files(str(bomb))
     time.sleep(1.0)
-    page.click("#image-button")
-    page.wait_for_function("() => document.querySelector('#image-status').innerText.includes('too large')")
+    _click_and_wait(page, "#image-button", "#image-status")
     txt = page.locator("#image-status").inner_text()
     assert "upload refused: image too large: 400 MP > 50 MP limit" in txt and "Traceback" not in txt
 
@@ -169,6 +205,11 @@ def test_classify_an_upload(browser_page):
     lines = [ln.strip() for ln in page.locator("#classify-probs").inner_text().splitlines() if ln.strip()]
     lines = [ln for ln in lines if ln != "Label probabilities"]
     assert lines[0] == "cat", lines  # the top label heads the chart
+    # the whole index, in the background, labels written back
+    page.click("#classify-index")
+    page.wait_for_selector("#classify-job [data-state='done']", timeout=300_000)
+    job = page.locator("#classify-job").inner_text()
+    assert "13/13 items" in job and "wrote their labels" in job, job
     page.screenshot(path=str(SHOTS / "classify.png"), full_page=True)
 
 
@@ -208,7 +249,9 @@ def test_index_tab_counts_skips_and_background_indexing(browser_page, site, tmp_
     page.locator("#index-folder textarea, #index-folder input").first.fill(str(more))
     page.click("#index-button")
     page.wait_for_function("() => document.querySelector('#index-status').innerText.includes('indexing started')")
-    page.wait_for_selector("#index-job [data-state='done']", timeout=300_000)
+    page.wait_for_function("() => { const j = document.querySelector('#index-job [data-state]');"
+                           " return j && j.dataset.state !== 'running' && j.innerText.startsWith('index '); }",
+                           timeout=300_000)
     job = page.locator("#index-job").inner_text()
     assert "2/2 images" in job and "indexed 2 new/changed images" in job
     page.wait_for_function("() => /items\\s+15\\b/.test(document.querySelector('#index-info').innerText)")
