@@ -222,6 +222,25 @@ def build_idefics3(out: Path) -> Path:
     return _save(out, Idefics3ForConditionalGeneration(cfg), proc)
 
 
+def build_idefics2(out: Path) -> Path:
+    from transformers import (Idefics2Config, Idefics2ForConditionalGeneration, Idefics2ImageProcessor,
+                              Idefics2Processor)
+
+    tok = make_tokenizer(["<fake_token_around_image>", "<end_of_utterance>"])
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=28,
+                  patch_size=14)
+    perceiver = dict(hidden_size=32, resampler_n_latents=4, resampler_depth=1, resampler_n_heads=2,
+                     resampler_head_dim=8, num_key_value_heads=1)
+    cfg = Idefics2Config(vision_config=vision, perceiver_config=perceiver,
+                         text_config=_llama_text(len(tok)).to_dict(),
+                         image_token_id=tok.convert_tokens_to_ids("<image>"))
+    ip = Idefics2ImageProcessor(size={"longest_edge": 28, "shortest_edge": 28}, do_image_splitting=False)
+    proc = Idefics2Processor(image_processor=ip, tokenizer=tok, image_seq_len=4,
+                             chat_template=CHATML.replace("IMAGE_STR", "<image>"))
+    torch.manual_seed(0)
+    return _save(out, Idefics2ForConditionalGeneration(cfg), proc)
+
+
 def build_internvl(out: Path) -> Path:
     from transformers import (GotOcr2ImageProcessor, InternVLConfig, InternVLForConditionalGeneration,
                               InternVLProcessor, InternVLVideoProcessor, InternVLVisionConfig)
@@ -243,5 +262,5 @@ def build_internvl(out: Path) -> Path:
 
 BUILDERS: dict[str, Callable[[Path], Path]] = {
     "llava": build_llava, "llava_next": build_llava_next, "llava_onevision": build_llava_onevision,
-    "qwen2_vl": build_qwen2_vl, "paligemma": build_paligemma, "blip-2": build_blip2, "idefics3": build_idefics3,
+    "qwen2_vl": build_qwen2_vl, "paligemma": build_paligemma, "blip-2": build_blip2, "idefics2": build_idefics2, "idefics3": build_idefics3,
     "internvl": build_internvl}
