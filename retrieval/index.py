@@ -136,7 +136,9 @@ class Index:
 
             raise ImgragError(f"the {store} store needs a local folder; use --store lancedb for an index on {loc.scheme}://")
         if rebuild and loc.exists(MANIFEST):
-            for name in loc.children():
+            # the manifest goes last: a crash mid-way leaves it naming the old model, so the half-deleted
+            # store can never be reopened as an index of the new model (mixing vectors silently)
+            for name in sorted(loc.children(), key=lambda n: n == MANIFEST):
                 if name in ("index.lock", "index.lease"):
                     continue
                 if loc.remote:
