@@ -291,10 +291,10 @@ def build_index_ray(index: Index, sources: Iterable[str | Path], options: RayOpt
     sources = list(sources)
     if not sources:
         raise ImgragError("give at least one folder or object-storage prefix to index")
-    with writer_lock(index.root):
+    with writer_lock(index.root) as guard:
         if not ray.is_initialized():
             _init_ray(ray, opts.address)
-        return _run(ray, index, sources, opts, progress)
+        return _run(ray, index, sources, opts, progress, guard)
 
 
 def _init_ray(ray, address: str | None) -> None:
@@ -310,7 +310,7 @@ def _init_ray(ray, address: str | None) -> None:
                           "check --ray-address (e.g. auto, or HOST:6379)") from e
 
 
-def _run(ray, index: Index, sources: list, opts: RayOptions, progress) -> IndexReport:
+def _run(ray, index: Index, sources: list, opts: RayOptions, progress, guard=None) -> IndexReport:
     import lance
     import ray.data
 
@@ -366,7 +366,7 @@ def _run(ray, index: Index, sources: list, opts: RayOptions, progress) -> IndexR
     t_embed = time.perf_counter()
     if work:
         rep_embed = _embed_and_write(ray, index, store, work, opts, rep, run_skips, known, save_skips, progress,
-                                     t_embed)
+                                     t_embed, guard)
         rep.seconds.update(rep_embed)
     save_skips()
     rep.seconds["embed_total"] = time.perf_counter() - t_embed
@@ -386,7 +386,7 @@ def _run(ray, index: Index, sources: list, opts: RayOptions, progress) -> IndexR
 
 
 def _embed_and_write(ray, index, store, work, opts: RayOptions, rep: IndexReport, run_skips: list, known: dict,
-                     save_skips, progress, t_embed) -> dict[str, float]:
+                     save_skips, progress, t_embed, guard=None) -> dict[str, float]:
     import lance
     import pyarrow as pa
     import ray.data
@@ -435,6 +435,11 @@ def _embed_and_write(ray, index, store, work, opts: RayOptions, rep: IndexReport
 
     def commit() -> None:
         nonlocal pending_frags, pending_new, pending_replace, pending_skips
+        if getattr(guard, "lost", False):  # our lease on object storage was taken: never commit beside another writer
+            from imgrag.retrieval.errors import IndexLockedError
+
+            raise IndexLockedError(f"index {index.root}: another imgrag process took over the writer lease; "
+                                   "this run stopped without committing its last batch")
         tc = time.perf_counter()
         if pending_frags:
             cur = lance.dataset(table_uri, storage_options=so or None)
