@@ -125,7 +125,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="vector (embedding), text (keywords in page text / OCR), hybrid (both, fused by "
                          "reciprocal rank fusion); auto (default): hybrid when the index holds text, else vector")
     ps.add_argument("--weights", metavar="V,T", default=None,
-                    help="hybrid: weights of the vector and text rankings in the fusion (default 1,1)")
+                    help="hybrid: weights of the vector and text rankings in the fusion (default: 0.5,1 for "
+                         "the lite model, else 1,1)")
+    ps.add_argument("--vector-gate", type=float, default=None, metavar="G",
+                    help="hybrid: fuse the vector ranking only when its best cosine exceeds its candidates' "
+                         "median by G (default: 0.10 for the lite model, else 0 = always)")
     ps.add_argument("--min-score", type=float, help="hide results with cosine similarity below this")
     ps.add_argument("--sort-date", action="store_true", help="order results by capture date (after the cutoff)")
     ps.add_argument("--json", action="store_true", help="print results as JSON")
@@ -387,7 +391,7 @@ def cmd_search(args) -> int:
         hits = add_snippets(hits, text) if text else hits
     else:
         hits = search_documents(index, text, k=args.k, mode=mode, filters=_filters(args), weights=args.weights,
-                                min_score=args.min_score)
+                                min_score=args.min_score, vector_gate=args.vector_gate)
         if args.sort_date:
             hits.sort(key=lambda h: (h.row.get("taken_at") is None, h.row.get("taken_at") or 0))
     if args.json:

@@ -542,3 +542,24 @@ def test_ui_backend_search_uses_hybrid_for_documents_and_shows_page_and_snippet(
     assert top.snippet == "Cormorants nest on the sea cliffs"
     assert "guide.pdf p.2" in top.caption and top.caption.endswith("Cormorants nest on the sea cliffs")
     assert Path(top.thumb).exists()  # a rendered thumbnail of the page
+
+
+def test_vector_gate_keeps_a_noise_ranking_out_of_the_fusion():
+    from types import SimpleNamespace
+
+    from imgrag.retrieval.queries.hybrid import fuse, hybrid_defaults, vector_informative
+
+    def hits(ids, scores):
+        return [Hit(i, i, s, {}) for i, s in zip(ids, scores)]
+    flat = hits(["x", "b", "y", "z"], [0.16, 0.15, 0.15, 0.14])  # nothing stands out: gap 0.01
+    sharp = hits(["b", "x", "y", "z"], [0.45, 0.20, 0.19, 0.18])  # gap 0.255
+    assert not vector_informative(flat, 0.10) and vector_informative(sharp, 0.10)
+    assert vector_informative(flat, 0.0)  # gate 0: always fused
+    txt = hits(["a", "b", "c"], [9.0, 8.0, 7.0])
+    lite = SimpleNamespace(manifest=SimpleNamespace(model="lite"))
+    other = SimpleNamespace(manifest=SimpleNamespace(model="ViT-B-32:laion2b_s34b_b79k"))
+    assert hybrid_defaults("lite") == ((0.5, 1.0), 0.10) and hybrid_defaults("ViT-B-32") == ((1.0, 1.0), 0.0)
+    assert [h.id for h in fuse(lite, flat, txt)][:3] == ["a", "b", "c"]  # noise ignored: text order
+    assert [h.id for h in fuse(other, flat, txt)][0] == "b"  # plain RRF: in both lists → first
+    assert [h.id for h in fuse(lite, sharp, txt)][0] == "b"  # a confident vector match is fused
+    assert [h.id for h in fuse(lite, flat, txt, vector_gate=0.0)][0] == "b"

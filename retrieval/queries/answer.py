@@ -203,12 +203,12 @@ def answer(index: "Index", question: str, *, k: int = 8, max_images: int = 4, ge
     best = float(hits[0].score) if hits else None
     keyword_hits = False
     if index.store.has_text():  # document pages / OCR'd images: fuse in keyword matches on their text
-        from imgrag.retrieval.queries.hybrid import rrf_fuse
+        from imgrag.retrieval.queries.hybrid import fuse
 
         txt = index.store.text_search(q, k, filters=filters)
         if txt:
             keyword_hits = True  # the question's words occur in the collection: not a "no answer" case
-            hits = rrf_fuse([hits, txt], (1.0, 1.0))[:k]  # scores become fused RRF scores
+            hits = fuse(index, hits, txt)[:k]  # the model's hybrid defaults; scores become fused RRF scores
             notes.append("retrieval fused image similarity with keyword matches in page/OCR text (hybrid)")
     if not keyword_hits and (best is None or best < thr):
         items = []

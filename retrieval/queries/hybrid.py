@@ -7,6 +7,14 @@
   RRF needs no score calibration between cosine similarities and BM25 scores.
 - ``auto``: hybrid when the index holds any text, else vector.
 
+A ranking that carries no information only adds noise to the fusion: a page that both lists hold at
+middling ranks outranks the keyword search's best page. So the vector ranking takes part only when its
+best match stands out — its cosine similarity exceeds the median of the vector candidates by at least
+``vector_gate`` — and the lists are weighted. Defaults depend on the model (:func:`hybrid_defaults`):
+for the offline ``lite`` model, which cannot read, weights 0.5,1 and gate 0.10 were measured best
+(``bench/docs_retrieval.py``, BENCHMARKS.md "Documents"); other models use plain RRF (1,1, no gate)
+until measured.
+
 Each hit's ``row`` gains ``snippet`` (the best-matching window of its text) and ``match_spans``
 (character spans of query words inside the snippet) for display.
 """
@@ -14,6 +22,8 @@ Each hit's ``row`` gains ``snippet`` (the best-matching window of its text) and 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
 
 from imgrag.retrieval.errors import BadQueryError
 from imgrag.retrieval.stores.base import Filters, Hit
@@ -24,6 +34,37 @@ if TYPE_CHECKING:  # pragma: no cover
 MODES = ("auto", "vector", "text", "hybrid")
 RRF_K = 60
 DEFAULT_WEIGHTS = (1.0, 1.0)  # (vector, text)
+#: Per model family: (weights, vector gate). Measured for lite only; see the module docstring.
+MODEL_DEFAULTS = {"lite": ((0.5, 1.0), 0.10)}
+
+
+def hybrid_defaults(model_id: str | None) -> tuple[tuple[float, float], float]:
+    """(vector weight, text weight) and vector gate for an index built with ``model_id``."""
+    m = (model_id or "").lower()
+    if m == "lite" or m.startswith("lite:"):
+        return MODEL_DEFAULTS["lite"]
+    return DEFAULT_WEIGHTS, 0.0
+
+
+def vector_informative(hits: Sequence[Hit], gate: float) -> bool:
+    """Whether a vector ranking's best match stands out: top score − median score ≥ ``gate``."""
+    if gate <= 0:
+        return True
+    if len(hits) < 2:
+        return False
+    scores = sorted((float(h.score) for h in hits), reverse=True)
+    return scores[0] - float(np.median(scores)) >= gate
+
+
+def fuse(index: "Index", vec: Sequence[Hit], txt: Sequence[Hit], weights: Sequence[float] | str | None = None,
+         vector_gate: float | None = None, rrf_k: int = RRF_K) -> list[Hit]:
+    """Hybrid fusion of a vector and a keyword ranking with the index model's defaults."""
+    dw, dg = hybrid_defaults(index.manifest.model)
+    w = parse_weights(weights) if weights is not None else dw
+    gate = dg if vector_gate is None else float(vector_gate)
+    if not vector_informative(vec, gate):
+        vec = []
+    return rrf_fuse([list(vec), list(txt)], w, rrf_k)
 
 
 def rrf_fuse(lists: Sequence[Sequence[Hit]], weights: Sequence[float], rrf_k: int = RRF_K) -> list[Hit]:
@@ -83,10 +124,11 @@ def resolve_mode(index: "Index", mode: str) -> str:
 def search_documents(index: "Index", query: str, k: int = 10, mode: str = "hybrid",
                      filters: Filters | None = None, weights: Sequence[float] | str | None = None,
                      rrf_k: int = RRF_K, candidates: int | None = None, min_score: float | None = None,
-                     with_snippets: bool = True) -> list[Hit]:
+                     with_snippets: bool = True, vector_gate: float | None = None) -> list[Hit]:
     """Top-``k`` items for a text query in ``mode`` (``auto``/``vector``/``text``/``hybrid``).
 
     ``min_score`` applies to vector cosine similarity (vector mode, or the vector side of hybrid).
+    ``weights`` and ``vector_gate`` default per model (:func:`hybrid_defaults`).
     """
     from imgrag.retrieval.queries.search import search
 
@@ -95,7 +137,7 @@ def search_documents(index: "Index", query: str, k: int = 10, mode: str = "hybri
     if not query or not query.strip():
         raise BadQueryError("empty query; give some text")
     mode = resolve_mode(index, mode)
-    w = parse_weights(weights)
+    w = parse_weights(weights) if weights is not None else hybrid_defaults(index.manifest.model)[0]
     n = max(int(candidates or 0), 4 * k, 50)
     if mode == "vector":
         hits = search(index, query, k=k, filters=filters, min_score=min_score)
@@ -104,7 +146,7 @@ def search_documents(index: "Index", query: str, k: int = 10, mode: str = "hybri
     else:
         vec = search(index, query, k=n, filters=filters, min_score=min_score) if w[0] > 0 else []
         txt = index.store.text_search(query, n, filters=filters) if w[1] > 0 else []
-        hits = rrf_fuse([vec, txt], w, rrf_k)[:k]
+        hits = fuse(index, vec, txt, w, vector_gate, rrf_k)[:k]
     return add_snippets(hits, query) if with_snippets else hits
 
 
