@@ -36,6 +36,8 @@ def _expected_tokens(arch: str, gen: HFGenerator, inputs) -> int | None:
         return cfg.vision_config.num_image_tokens * inputs["pixel_values"].shape[0]
     if arch == "blip-2":
         return cfg.num_query_tokens
+    if arch == "idefics":  # Flamingo-style: one <image> token per image, cross-attention to its features
+        return inputs["pixel_values"].shape[1]
     if arch in ("idefics2", "idefics3"):  # perceiver latents / pixel-shuffled patches per image
         return proc.image_seq_len * inputs["pixel_values"].shape[1]
     if arch == "qwen2_vl":

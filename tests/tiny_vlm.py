@@ -222,6 +222,23 @@ def build_idefics3(out: Path) -> Path:
     return _save(out, Idefics3ForConditionalGeneration(cfg), proc)
 
 
+def build_idefics(out: Path) -> Path:
+    """Idefics (v1): Flamingo-style gated cross-attention to the images, one <image> token per image."""
+    from transformers import IdeficsConfig, IdeficsForVisionText2Text, IdeficsImageProcessor, IdeficsProcessor
+
+    tok = make_tokenizer(["<fake_token_around_image>", "<end_of_utterance>"])
+    vision = dict(embed_dim=32, image_size=30, patch_size=6, num_hidden_layers=2, num_attention_heads=4,
+                  intermediate_size=64)
+    cfg = IdeficsConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                        num_attention_heads=4, cross_layer_interval=1, vision_config=vision, use_resampler=False,
+                        max_position_embeddings=2048, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                        eos_token_id=tok.eos_token_id)
+    ip = IdeficsImageProcessor(image_size=30)
+    proc = IdeficsProcessor(image_processor=ip, tokenizer=tok, image_size=30)
+    torch.manual_seed(0)
+    return _save(out, IdeficsForVisionText2Text(cfg), proc)
+
+
 def build_idefics2(out: Path) -> Path:
     from transformers import (Idefics2Config, Idefics2ForConditionalGeneration, Idefics2ImageProcessor,
                               Idefics2Processor)
@@ -262,5 +279,5 @@ def build_internvl(out: Path) -> Path:
 
 BUILDERS: dict[str, Callable[[Path], Path]] = {
     "llava": build_llava, "llava_next": build_llava_next, "llava_onevision": build_llava_onevision,
-    "qwen2_vl": build_qwen2_vl, "paligemma": build_paligemma, "blip-2": build_blip2, "idefics2": build_idefics2, "idefics3": build_idefics3,
+    "qwen2_vl": build_qwen2_vl, "paligemma": build_paligemma, "blip-2": build_blip2, "idefics": build_idefics, "idefics2": build_idefics2, "idefics3": build_idefics3,
     "internvl": build_internvl}

@@ -223,6 +223,8 @@ class HFGenerator(Generator):
         mt = self.model_type
         if mt in SINGLE_IMAGE and len(images) > 1:
             raise GeneratorError(f"{self.name} ({mt}) reads one image per prompt; got {len(images)}")
+        if mt == "idefics":  # Flamingo-style: the processor takes one interleaved list of text and images
+            return self._idefics_inputs(question, items, images)
         text = self.render_text(question, items)
         kw: dict[str, Any] = {"text": [text], "return_tensors": "pt"}
         if images:
@@ -234,6 +236,20 @@ class HFGenerator(Generator):
         except (ValueError, TypeError) as e:
             raise GeneratorError(f"{self.name}: the processor rejected the prompt: {' '.join(str(e).split())[:300]}") from e
 
+    def _idefics_inputs(self, question: str, items: list[EvidenceItem], images: list):
+        p = build_prompt(question, items)
+        by_n = {it.n: img for it, img in zip(items, images)}
+        seq: list[Any] = ["User: " + p.system + "\n"]
+        for part in p.parts:
+            # a text item with no space that parses as a URL would be fetched by the processor: never send one
+            seq.append(by_n[part.n] if isinstance(part, ImageSlot) else (part if " " in part else part + " "))
+        seq.append("\nAssistant:")
+        try:
+            out = self.processor(text=[seq], return_tensors="pt")
+        except (ValueError, TypeError) as e:
+            raise GeneratorError(f"{self.name}: the processor rejected the prompt: {' '.join(str(e).split())[:300]}") from e
+        return out
+
     def image_token_id(self) -> int | None:
         for obj in (self._config, getattr(self._config, "text_config", None)):
             for attr in ("image_token_id", "image_token_index"):
@@ -241,10 +257,9 @@ class HFGenerator(Generator):
                 if isinstance(v, int):
                     return v
         proc = self.processor
-        tok = getattr(proc, "image_token", None)
-        if tok:
-            return proc.tokenizer.convert_tokens_to_ids(tok)
-        return None
+        tok = getattr(proc, "image_token", None) or "<image>"
+        tid = proc.tokenizer.convert_tokens_to_ids(tok)
+        return tid if isinstance(tid, int) and tid != proc.tokenizer.unk_token_id else None
 
     # -- generation -----------------------------------------------------------------------------------
     def stream(self, question: str, items: list[EvidenceItem]) -> Iterator[str]:
