@@ -352,8 +352,11 @@ def build_blocks(backend: Backend):
                 yield text, gr.skip(), status_html(error_text(e), True), gr.skip()
 
         ask_outputs = [answer_md, cited, ask_status, gen_md]
-        ask_btn.click(run_ask, [question, ask_k, ask_max], ask_outputs, api_name="ask")
-        question.submit(run_ask, [question, ask_k, ask_max], ask_outputs, api_name=False)
+        # one answer generated at a time: a language model's memory is bounded, other tabs are not blocked
+        ask_btn.click(run_ask, [question, ask_k, ask_max], ask_outputs, api_name="ask", concurrency_limit=1,
+                      concurrency_id="ask")
+        question.submit(run_ask, [question, ask_k, ask_max], ask_outputs, api_name=False, concurrency_limit=1,
+                        concurrency_id="ask")
 
         # ----------------------------------------------------------------------------------- Index
         with gr.Tab("Index", id="index"):
