@@ -2,7 +2,8 @@
 
 The writer is a real ``build_index`` run in another process (new files, changed files, deleted files:
 upserts, then a prune delete, then optimize) that logs every commit it makes. The readers share one
-:class:`Index` handle, as the web UI does, and record every result. Afterwards each result must be
+:class:`Index` handle, as the web UI does (half of them through the public ``search()`` query API,
+half through the store), and record every result. Afterwards each result must be
 *exactly* what brute force gives over one committed state (the initial one or the state after some
 commit): same ids, same scores. A torn read, a half-applied commit, a stale row next to a new one or
 a duplicate would match no state.
@@ -25,6 +26,7 @@ from PIL import Image
 
 from imgrag.indexer.pipeline import IndexOptions, build_index
 from imgrag.retrieval.index import Index
+from imgrag.retrieval.queries.search import search
 from imgrag.retrieval.stores.base import Filters
 
 from fakes import DIM, FakeEmbedder
@@ -168,7 +170,11 @@ def test_searches_during_indexing_match_a_committed_state(store, tmp_path):
                 q = r.standard_normal(DIM).astype(np.float32)
                 q /= np.linalg.norm(q)
                 glob = GLOB if t % 2 else None
-                hits = reader.store.search(q[None], K, filters=Filters(path_glob=glob) if glob else None)[0]
+                f = Filters(path_glob=glob) if glob else None
+                if t < 2:  # the store API
+                    hits = reader.store.search(q[None], K, filters=f)[0]
+                else:  # the public query API the CLI and UI use
+                    hits = search(reader, q, K, filters=f)
                 results[t].append((q, glob, [h.id for h in hits], np.asarray([h.score for h in hits], np.float32),
                                    [h.path for h in hits]))
                 time.sleep(0.004)  # spread the 1,000 searches over the writer's run
