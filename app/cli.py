@@ -518,8 +518,8 @@ def cmd_ask(args) -> int:
         _print_json(stream.result.to_dict())
         return 0
     print(f"[{stream.generator_name}]", file=sys.stderr, flush=True)
-    for chunk in stream:
-        print(chunk, end="", flush=True)
+    for chunk in stream:  # model text: no terminal control sequences (ESC etc.) reach the terminal
+        print("".join(ch if ch in "\n\t" or ch.isprintable() else "\ufffd" for ch in chunk), end="", flush=True)
     print()
     res = stream.result
     if res.citations:
