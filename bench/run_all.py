@@ -42,6 +42,9 @@ BENCHES: dict[str, tuple[list[str], list[str]]] = {
     "zeroshot-samples": ([IMGRAG, "eval", "zeroshot", "data/samples", "--model", "lite"],) * 2,
     "retrieval-samples": ([IMGRAG, "eval", "retrieval", "--images", "data/samples", "--captions",
                            "data/captions.tsv", "--model", "lite"],) * 2,
+    # documents: quick = the generated figures catalogue; full adds the R manuals (apt-get download r-doc-pdf)
+    "docs_retrieval": ([PY, "bench/docs_retrieval.py", "--corpus", "figures"],
+                       [PY, "bench/docs_retrieval.py"]),
 }
 
 
