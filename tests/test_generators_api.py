@@ -214,3 +214,17 @@ def test_unreachable_server_is_one_clear_error(monkeypatch):
     with pytest.raises(GeneratorError, match="cannot reach http://127.0.0.1:9") as ei:
         gen.generate("q", items())
     assert KEY not in str(ei.value)
+
+
+def test_load_generator_cache_is_per_spec_and_thread_safe():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from imgrag.retrieval.errors import ImgragError
+
+    with ThreadPoolExecutor(8) as ex:
+        gens = list(ex.map(lambda _: load_generator("openai:gpt-4o-mini"), range(32)))
+    assert len({id(g) for g in gens}) == 1
+    assert load_generator("anthropic:claude-x") is not load_generator("anthropic:claude-y")
+    assert load_generator(None) is load_generator("smollm2")  # the default; building never loads weights
+    with pytest.raises(ImgragError, match="unknown generator 'llama:7b'; choose hf:"):
+        load_generator("llama:7b")
