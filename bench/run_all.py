@@ -43,6 +43,7 @@ BENCHES: dict[str, tuple[list[str], list[str]]] = {
     "retrieval-samples": ([IMGRAG, "eval", "retrieval", "--images", "data/samples", "--captions",
                            "data/captions.tsv", "--model", "lite"],) * 2,
     # documents: quick = the generated figures catalogue; full adds the R manuals (apt-get download r-doc-pdf)
+    "ui_load": ([PY, "bench/ui_load.py", "--users", "20", "--requests", "50"],) * 2,
     "docs_retrieval": ([PY, "bench/docs_retrieval.py", "--corpus", "figures"],
                        [PY, "bench/docs_retrieval.py"]),
 }
