@@ -77,9 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     # index
     pi = sub.add_parser("index", parents=[common], help="index images under one or more folders",
-                        description="Embed every image under PATH... into the index (incremental, resumable).",
+                        description="Embed every image and PDF page under PATH... into the index (incremental, resumable).",
                         epilog=EPILOG_INDEX, formatter_class=argparse.RawDescriptionHelpFormatter)
-    pi.add_argument("paths", nargs="+", metavar="PATH", help="folders or image files")
+    pi.add_argument("paths", nargs="+", metavar="PATH", help="folders, image files or PDFs")
     pi.add_argument("--model", help=f"embedding model spec (default for a new index: {DEFAULT_MODEL}; "
                                     "'lite' = offline model). An existing index keeps its model.")
     pi.add_argument("--store", choices=["lancedb", "faiss"], help="vector store for a new index (default lancedb)")
