@@ -28,6 +28,14 @@ def rss() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def peak_rss() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
 def dir_size(p: Path) -> int:
     return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
 
@@ -70,22 +78,41 @@ def table_and_indexes(n: int, dim: int, work: Path) -> dict:
 
 
 def plan_memory(n: int) -> dict:
+    """RSS growth while the Ray engine's real plan (``plan_work``) holds its inputs and result for ``n`` files:
+    an index of ``n`` rows, ``n`` listed files of which 1% changed, 1% new."""
     import pyarrow as pa
 
+    from imgrag.indexer.ray_engine import plan_work
     from imgrag.indexer.scan import FileEntry
 
     gc.collect()
     r0 = rss()
-    items = [FileEntry(path_of(i), 2_000_000 + i, 1_600_000_000 * 10**9 + i) for i in range(n)]
     states = pa.table({"id": [path_of(i) for i in range(n)], "path": [path_of(i) for i in range(n)],
                        "size": pa.array(range(n), pa.int64()), "mtime_ns": pa.array(range(n), pa.int64())})
-    known = {i: (s, m) for i, s, m in zip(*(states[c].to_pylist() for c in ("id", "size", "mtime_ns")))}
-    known_path = dict(zip(states["id"].to_pylist(), states["path"].to_pylist()))
-    work = [{"path": e.path, "size": e.size, "mtime_ns": e.mtime_ns, "replace": False} for e in items]
-    gc.collect()
     r1 = rss()
-    held = (items, states, known, known_path, work)
-    return {"files": n, "rss_growth_bytes": r1 - r0, "bytes_per_file": round((r1 - r0) / n, 1), "_": len(held)}
+
+    def listing():  # a generator, as the engine's listing is
+        for i in range(n):
+            yield FileEntry(path_of(i if i % 100 else n + i), i, i + (1 if i % 100 == 1 else 0))
+    import tracemalloc
+
+    pool = pa.default_memory_pool()
+    a0 = pa.total_allocated_bytes()
+    tracemalloc.start()
+    t = time.perf_counter()
+    plan = plan_work(states, listing(), ["/data/photos"], {}, frozenset({".jpg"}))
+    dt = time.perf_counter() - t
+    _, py_peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    gc.collect()
+    r2 = rss()
+    return {"files": n, "index_states_arrow_bytes_per_file": round(states.nbytes / n, 1),
+            "plan_arrow_retained_bytes_per_file": round((pa.total_allocated_bytes() - a0) / n, 1),
+            "arrow_pool_peak_bytes_per_file": round(pool.max_memory() / n, 1) if pool.max_memory() else None,
+            "plan_python_peak_bytes_per_file": round(py_peak / n, 1),
+            "rss_growth_bytes_per_file": round((r2 - r0) / n, 1),
+            "plan_seconds": round(dt, 2),
+            "work_rows": plan.work.num_rows, "gone": len(plan.gone), "_": plan.scanned}
 
 
 def main() -> int:
@@ -94,12 +121,16 @@ def main() -> int:
     ap.add_argument("--dim", type=int, default=512)
     ap.add_argument("--plan-n", type=int, default=200000)
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--plan-only", action="store_true", help="only the plan memory (keeps the other figures in --out)")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="imgrag-size-"))
     try:
         res = {"plan": plan_memory(args.plan_n)}
         print("plan", res["plan"], flush=True)
-        res["lancedb"] = table_and_indexes(args.n, args.dim, work)
+        if args.plan_only and args.out and args.out.exists():
+            res["lancedb"] = json.loads(args.out.read_text()).get("lancedb")
+        else:
+            res["lancedb"] = table_and_indexes(args.n, args.dim, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     res["plan"].pop("_", None)

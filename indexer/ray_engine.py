@@ -37,7 +37,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -89,19 +89,22 @@ def import_ray():
 # plan
 # ------------------------------------------------------------------------------------------------
 def list_sources(sources: Sequence[str | Path], exts: frozenset[str], exclude: Sequence[str | Path] = (),
-                 include_hidden: bool = False) -> tuple[list[str], list[FileEntry | Skip]]:
-    """``(normalised roots, entries)`` for local folders/files and object-storage prefixes/objects."""
-    roots: list[str] = []
-    items: list[FileEntry | Skip] = []
-    local = [s for s in sources if not is_uri(s)]
+                 include_hidden: bool = False) -> tuple[list[str], Iterator[FileEntry | Skip]]:
+    """``(normalised roots, entries)`` for local folders/files and object-storage prefixes/objects.
+
+    The entries are a generator (a 100M-file listing is never held as Python objects)."""
+    local = normalize_roots([s for s in sources if not is_uri(s)])
+    for r in local:
+        if not os.path.exists(r):
+            raise ImgragError(f"path not found: {r}")
+    uris = [str(s).rstrip("/") for s in sources if is_uri(s)]
+    return local + uris, _iter_sources(local, uris, exts, exclude, include_hidden)
+
+
+def _iter_sources(local: list[str], uris: list[str], exts: frozenset[str], exclude, include_hidden: bool):
     if local:
-        lroots = normalize_roots(local)
-        for r in lroots:
-            if not os.path.exists(r):
-                raise ImgragError(f"path not found: {r}")
-        roots += lroots
-        items += list(scan(lroots, exts, exclude=exclude, include_hidden=include_hidden))
-    for uri in (str(s).rstrip("/") for s in sources if is_uri(s)):
+        yield from scan(local, exts, exclude=exclude, include_hidden=include_hidden)
+    for uri in uris:
         import pyarrow.fs as pfs
 
         fs, base = filesystem_for(uri)
@@ -110,7 +113,6 @@ def list_sources(sources: Sequence[str | Path], exts: frozenset[str], exclude: S
         if info.type == pfs.FileType.NotFound:
             raise ImgragError(f"path not found: {uri}")
         infos = [info] if info.type == pfs.FileType.File else fs.get_file_info(pfs.FileSelector(base, recursive=True))
-        roots.append(uri)
         for fi in sorted(infos, key=lambda f: f.path):
             if fi.type != pfs.FileType.File:
                 continue
@@ -120,8 +122,115 @@ def list_sources(sources: Sequence[str | Path], exts: frozenset[str], exclude: S
             if os.path.splitext(fi.path)[1].lower() not in exts:
                 continue
             mtime_ns = int(fi.mtime_ns) if fi.mtime_ns is not None else 0
-            items.append(FileEntry(f"{scheme}://{fi.path}", int(fi.size or 0), mtime_ns))
-    return roots, items
+            yield FileEntry(f"{scheme}://{fi.path}", int(fi.size or 0), mtime_ns)
+
+
+@dataclass
+class Plan:
+    work: Any  # pyarrow.Table: path, size, mtime_ns, replace (an id already in the index with other size/mtime)
+    skips: list[dict]  # skip records of this run (unusable files, unchanged failures, PDFs)
+    gone: list[str]  # ids of rows whose files disappeared under the roots (to prune)
+    known_ids: Any  # pyarrow.Array of the index's ids
+    scanned: int = 0
+    unchanged: int = 0
+
+
+_CHUNK = 65_536
+
+
+def plan_work(states, items: Iterable[FileEntry | Skip], roots: Sequence[str], prev_skips: dict[str, dict],
+              image_exts: frozenset[str], retry_skipped: bool = False, prune: bool = True) -> Plan:
+    """What to index: the local indexer's rules, computed with Arrow joins so memory per file stays small.
+
+    ``states`` is the store's ``file_states()`` table (id, path, size, mtime_ns). A file is *unchanged* when a
+    row with its id has the same size and mtime; a file that failed before (``prev_skips``) with the same size
+    and mtime is not retried unless ``retry_skipped``; rows under ``roots`` whose file was not listed are gone.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    states = states.select(["id", "path", "size", "mtime_ns"]).cast(pa.schema(
+        [("id", pa.string()), ("path", pa.string()), ("size", pa.int64()), ("mtime_ns", pa.int64())]))
+    skips: list[dict] = []
+    seen_chunks: list = []  # every listed path (pruning must not drop rows of files that exist)
+    cand_chunks: list = []
+    paths: list[str] = []
+    sizes: list[int] = []
+    mtimes: list[int] = []
+    other: list[FileEntry] = []  # documents: kept by the local engine, never planned here
+    scanned = 0
+
+    def flush() -> None:
+        if paths:
+            cand_chunks.append(pa.table({"path": pa.array(paths, pa.string()), "size": pa.array(sizes, pa.int64()),
+                                         "mtime_ns": pa.array(mtimes, pa.int64())}))
+            paths.clear(), sizes.clear(), mtimes.clear()
+    for item in items:
+        scanned += 1
+        if isinstance(item, Skip):
+            skips.append(item.to_dict())
+            seen_chunks.append(pa.array([item.path], pa.string()))
+            continue
+        if os.path.splitext(item.path)[1].lower() not in image_exts:
+            other.append(item)
+            continue
+        paths.append(item.path)
+        sizes.append(item.size)
+        mtimes.append(item.mtime_ns)
+        if len(paths) >= _CHUNK:
+            flush()
+    flush()
+    schema = pa.schema([("path", pa.string()), ("size", pa.int64()), ("mtime_ns", pa.int64())])
+    cand = pa.concat_tables(cand_chunks) if cand_chunks else schema.empty_table()
+    del cand_chunks
+    known_ids = states["id"].combine_chunks() if states.num_rows else pa.array([], pa.string())
+    indexed_paths = states["path"].combine_chunks() if states.num_rows else pa.array([], pa.string())
+
+    unchanged = 0
+    if other:  # documents (PDF): the local engine indexes them; never pruned here
+        doc_paths = pa.array([d.path for d in other], pa.string())
+        seen_chunks.append(doc_paths)
+        indexed = pc.is_in(doc_paths, value_set=indexed_paths).to_pylist()
+    for item, done_before in zip(other, indexed if other else []):
+        if done_before:
+            unchanged += 1
+        else:
+            skips.append(Skip(item.path, "documents (PDF) are indexed by the local engine; run imgrag index without "
+                                         "--engine ray for them", item.size, item.mtime_ns).to_dict())
+
+    st = states.select(["id", "size", "mtime_ns"]).rename_columns(["path", "old_size", "old_mtime_ns"])
+    joined = cand.join(st, keys="path", join_type="left outer") if cand.num_rows else \
+        cand.append_column("old_size", pa.nulls(0, pa.int64())).append_column("old_mtime_ns", pa.nulls(0, pa.int64()))
+    same = pc.fill_null(pc.and_(pc.equal(joined["size"], joined["old_size"]),
+                                pc.equal(joined["mtime_ns"], joined["old_mtime_ns"])), False)
+    unchanged += int(pc.sum(same).as_py() or 0)
+    todo = joined.filter(pc.invert(same))
+    if prev_skips and not retry_skipped and todo.num_rows:  # failed before and unchanged since: don't retry
+        failed = pc.is_in(todo["path"], value_set=pa.array(list(prev_skips), pa.string()))
+        keep = []
+        for p, sz, mt, f in zip(todo["path"].to_pylist(), todo["size"].to_pylist(), todo["mtime_ns"].to_pylist(),
+                                failed.to_pylist()):
+            ps = prev_skips.get(p) if f else None
+            if ps is not None and (ps.get("size"), ps.get("mtime_ns")) == (sz, mt):
+                skips.append(ps)
+                keep.append(False)
+            else:
+                keep.append(True)
+        todo = todo.filter(pa.array(keep, pa.bool_()))
+    work = pa.table({"path": todo["path"], "size": todo["size"], "mtime_ns": todo["mtime_ns"],
+                     "replace": pc.is_valid(todo["old_size"])})
+    gone: list[str] = []
+    if prune and states.num_rows:
+        seen = pa.concat_arrays([cand["path"].combine_chunks(), *seen_chunks]) if (cand.num_rows or seen_chunks) \
+            else pa.array([], pa.string())
+        under = None
+        for r in roots:
+            m = pc.or_(pc.equal(indexed_paths, r), pc.starts_with(indexed_paths, r.rstrip("/") + "/"))
+            under = m if under is None else pc.or_(under, m)
+        if under is not None:
+            mask = pc.and_(under, pc.invert(pc.is_in(indexed_paths, value_set=seen)))
+            gone = known_ids.filter(mask).to_pylist()
+    return Plan(work=work, skips=skips, gone=gone, known_ids=known_ids, scanned=scanned, unchanged=unchanged)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -324,48 +433,23 @@ def _run(ray, index: Index, sources: list, opts: RayOptions, progress, guard=Non
 
     # --- plan (same rules as the local indexer) -------------------------------------------------------
     t0 = time.perf_counter()
-    states = store.file_states()
-    known = {i: (s, m) for i, s, m in zip(*(states[c].to_pylist() for c in ("id", "size", "mtime_ns")))}
-    known_path = dict(zip(states["id"].to_pylist(), states["path"].to_pylist()))
-    indexed_paths = set(known_path.values())
     prev_skips = {r["path"]: r for r in index.skipped()}
     kept_skips = [r for p, r in prev_skips.items() if not is_under(p, roots)]
-    run_skips: list[dict] = []
-    seen: set[str] = set()
-    work: list[dict] = []
-    for item in items:
-        rep.scanned += 1
-        seen.add(item.path)
-        if isinstance(item, Skip):
-            run_skips.append(item.to_dict())
-            continue
-        if os.path.splitext(item.path)[1].lower() not in image_exts:  # a document (PDF): local engine only
-            if item.path in indexed_paths:
-                rep.unchanged += 1  # kept as the local engine indexed it (not pruned)
-            else:
-                run_skips.append(Skip(item.path, "documents (PDF) are indexed by the local engine; run imgrag index "
-                                                 "without --engine ray for them", item.size, item.mtime_ns).to_dict())
-            continue
-        k = known.get(item.path)
-        if k is not None and k == (item.size, item.mtime_ns):
-            rep.unchanged += 1
-            continue
-        ps = prev_skips.get(item.path)
-        if ps is not None and not opts.retry_skipped and (ps.get("size"), ps.get("mtime_ns")) == (item.size, item.mtime_ns):
-            run_skips.append(ps)
-            continue
-        work.append({"path": item.path, "size": item.size, "mtime_ns": item.mtime_ns, "replace": k is not None})
-    gone = [i for i, p in known_path.items() if is_under(p, roots) and p not in seen] if opts.prune else []
-    rep.new_or_changed = len(work)
+    plan = plan_work(store.file_states(), items, roots, prev_skips, image_exts, retry_skipped=opts.retry_skipped,
+                     prune=opts.prune)
+    work, run_skips, gone, known_ids = plan.work, plan.skips, plan.gone, plan.known_ids
+    rep.scanned, rep.unchanged = plan.scanned, plan.unchanged
+    rep.new_or_changed = work.num_rows
     rep.seconds["plan"] = time.perf_counter() - t0
-    log.info("ray plan: %d files, %d unchanged, %d to index, %d gone", rep.scanned, rep.unchanged, len(work), len(gone))
+    log.info("ray plan: %d files, %d unchanged, %d to index, %d gone", rep.scanned, rep.unchanged, work.num_rows,
+             len(gone))
 
     def save_skips() -> None:
         index.write_skipped(kept_skips + run_skips)
 
     t_embed = time.perf_counter()
-    if work:
-        rep_embed = _embed_and_write(ray, index, store, work, opts, rep, run_skips, known, save_skips, progress,
+    if work.num_rows:
+        rep_embed = _embed_and_write(ray, index, store, work, opts, rep, run_skips, known_ids, save_skips, progress,
                                      t_embed, guard)
         rep.seconds.update(rep_embed)
     save_skips()
@@ -385,10 +469,11 @@ def _run(ray, index: Index, sources: list, opts: RayOptions, progress, guard=Non
     return rep
 
 
-def _embed_and_write(ray, index, store, work, opts: RayOptions, rep: IndexReport, run_skips: list, known: dict,
+def _embed_and_write(ray, index, store, work, opts: RayOptions, rep: IndexReport, run_skips: list, known_ids,
                      save_skips, progress, t_embed, guard=None) -> dict[str, float]:
     import lance
     import pyarrow as pa
+    import pyarrow.compute as pc
     import ray.data
 
     emb = index.embedder
@@ -404,8 +489,9 @@ def _embed_and_write(ray, index, store, work, opts: RayOptions, rep: IndexReport
     ds_version = _storage_version(table_uri, so)
 
     ray.data.DataContext.get_current().enable_progress_bars = False  # the caller draws progress
-    n_blocks = max(1, min(len(work), (len(work) + opts.batch_size - 1) // opts.batch_size))
-    ds = ray.data.from_items(work, override_num_blocks=n_blocks)
+    n = work.num_rows
+    n_blocks = max(1, min(n, (n + opts.batch_size - 1) // opts.batch_size, 100_000))
+    ds = ray.data.from_arrow(work).repartition(n_blocks)
     ds = ds.map_batches(decode_batch, batch_size=opts.batch_size, batch_format="numpy",
                         num_cpus=opts.cpus_per_decode_task,
                         fn_kwargs={"transform": transform, "draft_size": draft, "max_pixels": opts.max_pixels,
@@ -447,7 +533,9 @@ def _embed_and_write(ray, index, store, work, opts: RayOptions, rep: IndexReport
                                       storage_options=so or None)
         if pending_replace:
             store.upsert(pa.concat_tables(pending_replace))
-        failed_known = [s["path"] for s in pending_skips if s["path"] in known]
+        failed = [s["path"] for s in pending_skips]
+        failed_known = ([p for p, k in zip(failed, pc.is_in(pa.array(failed, pa.string()), value_set=known_ids).to_pylist())
+                         if k] if failed else [])
         if failed_known:  # indexed before, unreadable now: drop the stale row (as the local engine does)
             store.delete(failed_known)
         run_skips.extend(pending_skips)
@@ -473,7 +561,7 @@ def _embed_and_write(ray, index, store, work, opts: RayOptions, rep: IndexReport
             if pending_new + sum(t.num_rows for t in pending_replace) >= opts.commit_every:
                 commit()
             if progress is not None:
-                progress(Progress(done, len(work), rep.embedded + pending_new, 0, len(run_skips) + len(pending_skips),
+                progress(Progress(done, n, rep.embedded + pending_new, 0, len(run_skips) + len(pending_skips),
                                   time.perf_counter() - t_embed))
         commit()
     except KeyboardInterrupt:

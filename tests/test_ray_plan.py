@@ -1,0 +1,54 @@
+"""The Ray engine's plan (Arrow joins) follows the local indexer's rules; no Ray needed."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from imgrag.indexer.ray_engine import plan_work
+from imgrag.indexer.scan import FileEntry, Skip
+
+IMAGES = frozenset({".jpg", ".png"})
+
+
+def states(rows):
+    return pa.table({"id": [r[0] for r in rows], "path": [r[1] for r in rows],
+                     "size": pa.array([r[2] for r in rows], pa.int64()),
+                     "mtime_ns": pa.array([r[3] for r in rows], pa.int64()), "hash": [None] * len(rows)})
+
+
+def test_plan_rules():
+    st = states([("/r/a.jpg", "/r/a.jpg", 1, 10), ("/r/b.jpg", "/r/b.jpg", 2, 20), ("/r/gone.jpg", "/r/gone.jpg", 3, 30),
+                 ("/other/x.jpg", "/other/x.jpg", 4, 40), ("/r/d.pdf#page=1", "/r/d.pdf", 5, 50),
+                 ("/r/sub/c.jpg", "/r/sub/c.jpg", 6, 60), ("/rr/not-under.jpg", "/rr/not-under.jpg", 1, 1)])
+    items = [FileEntry("/r/a.jpg", 1, 10),  # unchanged
+             FileEntry("/r/b.jpg", 2, 21),  # touched: re-embed, replacing its row
+             FileEntry("/r/new.png", 7, 70),  # new
+             FileEntry("/r/bad.jpg", 8, 80),  # failed before, unchanged: not retried
+             FileEntry("/r/bad2.jpg", 9, 90),  # failed before, changed since: retried
+             Skip("/r/link.jpg", "broken symlink"),
+             FileEntry("/r/d.pdf", 5, 50),  # a document the local engine indexed: kept
+             FileEntry("/r/e.pdf", 5, 50),  # a new document: skipped with a reason
+             FileEntry("/r/sub/c.jpg", 6, 60)]
+    prev = {"/r/bad.jpg": {"path": "/r/bad.jpg", "reason": "truncated", "size": 8, "mtime_ns": 80},
+            "/r/bad2.jpg": {"path": "/r/bad2.jpg", "reason": "truncated", "size": 9, "mtime_ns": 1}}
+    p = plan_work(st, iter(items), ["/r"], prev, IMAGES)
+    work = {r["path"]: r for r in p.work.to_pylist()}
+    assert work == {"/r/b.jpg": {"path": "/r/b.jpg", "size": 2, "mtime_ns": 21, "replace": True},
+                    "/r/bad2.jpg": {"path": "/r/bad2.jpg", "size": 9, "mtime_ns": 90, "replace": False},
+                    "/r/new.png": {"path": "/r/new.png", "size": 7, "mtime_ns": 70, "replace": False}}
+    skips = {s["path"]: s["reason"] for s in p.skips}
+    assert set(skips) == {"/r/link.jpg", "/r/e.pdf", "/r/bad.jpg"}
+    assert "local engine" in skips["/r/e.pdf"] and skips["/r/bad.jpg"] == "truncated"
+    assert p.gone == ["/r/gone.jpg"]  # not /other/…, not /rr/… (a sibling prefix), not the indexed PDF's pages
+    assert (p.scanned, p.unchanged) == (9, 3)
+
+    retry = plan_work(st, iter(items), ["/r"], prev, IMAGES, retry_skipped=True, prune=False)
+    assert "/r/bad.jpg" in retry.work["path"].to_pylist() and retry.gone == []
+
+
+def test_plan_empty_index_and_empty_listing():
+    empty = states([])
+    p = plan_work(empty, iter([FileEntry("/r/a.jpg", 1, 1)]), ["/r"], {}, IMAGES)
+    assert p.work.to_pylist() == [{"path": "/r/a.jpg", "size": 1, "mtime_ns": 1, "replace": False}]
+    p = plan_work(states([("/r/a.jpg", "/r/a.jpg", 1, 1)]), iter([]), ["/r"], {}, IMAGES)
+    assert p.work.num_rows == 0 and p.gone == ["/r/a.jpg"]
