@@ -21,7 +21,6 @@ import socket
 import sys
 import threading
 import traceback
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 

@@ -7,12 +7,10 @@ stay on the server (no fonts, scripts or analytics from the network).
 
 from __future__ import annotations
 
-import io
 import os
 import re
 import shutil
 import time
-from pathlib import Path
 
 import pytest
 
