@@ -274,6 +274,8 @@ def cmd_index(args) -> int:
         raise ImgragError("object-storage sources (s3://, gs://, az://) need --engine ray")
     if args.engine != "ray" and (args.ray_address or args.ray_actors):
         raise ImgragError("--ray-address and --ray-actors need --engine ray")
+    if args.engine == "ray" and args.ocr:
+        raise ImgragError("--ocr needs the local engine (imgrag index without --engine ray)")
     root = args.index or default_index_dir()
     existing = Manifest.load(root) if Manifest.exists(root) and not args.rebuild else None
     model = args.model or (existing.model if existing else DEFAULT_MODEL)

@@ -192,6 +192,7 @@ READER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_reader_process_sees_consistent_versions(s3, tmp_path, tiny_model_configs):
     """One writer appends in chunks while another process reads: every read is one committed version."""
     from imgrag.retrieval.embedders.openclip import OpenClipEmbedder
