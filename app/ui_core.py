@@ -163,6 +163,26 @@ class ThumbCache:
         self._save(img, p)
         return p
 
+    def prune(self, max_files: int = 50_000) -> int:
+        """Keep the cache bounded: delete the least recently written thumbnails beyond ``max_files``."""
+        files = []
+        for p in self.root.glob("??/*.jpg"):
+            try:
+                files.append((p.stat().st_mtime, p))
+            except OSError:
+                continue
+        if len(files) <= max_files:
+            return 0
+        files.sort()
+        n = 0
+        for _, p in files[: len(files) - max_files]:
+            try:
+                p.unlink()
+                n += 1
+            except OSError:
+                pass
+        return n
+
     def placeholder(self) -> Path:
         p = self.root / "unavailable.jpg"
         if not p.exists():
@@ -460,7 +480,12 @@ class Backend:
             return idx.embedder
 
     def warm_up(self) -> None:
-        """Load the embedding model now (called in a thread at start-up) so the first query is fast."""
+        """Load the embedding model now (called in a thread at start-up) so the first query is fast;
+        trim the thumbnail cache."""
+        try:
+            self.thumbs.prune()
+        except OSError as e:  # pragma: no cover - a cache problem never stops the UI
+            log.warning("thumbnail cache prune failed: %s", e)
         try:
             if self.has_index():
                 self.embedder().embed_texts(["warm up"])

@@ -212,6 +212,16 @@ def test_originals_are_served_only_while_unchanged(backend, corpus, tmp_path):
         backend.thumbnail(red)
 
 
+def test_thumbnail_cache_is_bounded(backend):
+    items = backend.search_text("red", k=5)
+    assert len({it.thumb for it in items}) == 5
+    assert backend.thumbs.prune(max_files=10) == 0
+    assert backend.thumbs.prune(max_files=2) == 3
+    assert len(list(backend.thumbs.root.glob("??/*.jpg"))) == 2
+    again = backend.search_text("red", k=5)  # regenerated on demand
+    assert all(Path(it.thumb).is_file() for it in again)
+
+
 def test_image_mime_sniffing():
     assert image_mime(b"\xff\xd8\xff\xe0") == "image/jpeg"
     assert image_mime(b"\x89PNG\r\n\x1a\nxxxx") == "image/png"
