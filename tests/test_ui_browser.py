@@ -203,6 +203,13 @@ def test_classify_an_upload(browser_page):
     lines = [ln.strip() for ln in page.locator("#classify-probs").inner_text().splitlines() if ln.strip()]
     lines = [ln for ln in lines if ln != "Label probabilities"]
     assert lines[0] == "cat", lines  # the top label heads the chart
+    # the current search results (state shared with the Search tab)
+    _search(page, "a cat")
+    _tab(page, "Classify")
+    _click_and_wait(page, "#classify-results", "#classify-status")
+    assert "classified 12 search result(s)" in page.locator("#classify-status").inner_text()
+    rows = page.locator("#classify-table tr").all_inner_texts()
+    assert len(rows) == 13 and "cat_chelsea.jpg" in rows[1] and "\tcat" in rows[1], rows[:3]
     # the whole index, in the background, labels written back
     page.click("#classify-index")
     page.wait_for_selector("#classify-job [data-state='done']", timeout=300_000)
