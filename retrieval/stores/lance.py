@@ -228,7 +228,17 @@ class LanceStore(VectorStore):
         return hits
 
     def has_text(self) -> bool:
-        return bool(self._tbl.count_rows("text IS NOT NULL"))
+        # asked on every auto-mode search: the FTS index answers it for free once it exists; otherwise
+        # count (cached for a few seconds, so an image-only index is not scanned per query)
+        if self._fts_index() is not None:
+            return True
+        now = time.monotonic()
+        cached = getattr(self, "_has_text_cache", None)
+        if cached is not None and now - cached[0] < 5.0:
+            return cached[1]
+        found = bool(self._tbl.count_rows("text IS NOT NULL"))
+        self._has_text_cache = (now, found)
+        return found
 
     def _lance_optimize(self, older: timedelta) -> None:
         with warnings.catch_warnings():  # LanceDB warns about cleanup_older_than=0, which the user asked for
