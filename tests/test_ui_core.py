@@ -311,6 +311,19 @@ def test_search_answers_while_an_indexing_job_is_running(tmp_path, corpus):
     assert b.info()["items"] == 8
 
 
+def test_a_server_without_an_index_creates_one_from_the_index_tab(tmp_path, corpus, tiny_model_configs):
+    b = Backend(UIConfig(index_root=tmp_path / "fresh", thumb_dir=tmp_path / "t3", index_workers=0,
+                         new_index_model="imgrag-tiny-clip", device="cpu", precision="fp32"))
+    assert not b.has_index()
+    with pytest.raises(ImgragError, match="no imgrag index at"):
+        b.search_text("red")
+    b.start_indexing(str(corpus))
+    st = b.jobs.wait(300)
+    assert st.state == "done", st.message
+    assert b.has_index() and b.info()["items"] == 5 and b.info()["model"] == "imgrag-tiny-clip"
+    assert len(b.search_text("red", k=3)) == 3
+
+
 @pytest.mark.parametrize("folder,msg", [("", "type the path"), ("relative/dir", "absolute"),
                                         ("/no/such/folder", "not found")])
 def test_index_folder_errors(backend, folder, msg):
