@@ -223,14 +223,13 @@ def render_thumbnail(data: bytes, size: int = THUMB_SIZE, page: int | None = Non
 
 def _render_pdf_page(data: bytes, page: int, size: int) -> "Image.Image":
     try:
-        import pypdfium2 as pdfium  # type: ignore[import-not-found]
+        import pypdfium2  # type: ignore[import-not-found]  # noqa: F401
     except ImportError as e:
         raise NotServable("rendering document pages needs pypdfium2") from e
+    from imgrag.retrieval.pdf import render_to_fit  # PDFium is not thread-safe: it holds a lock
+
     try:
-        pdf = pdfium.PdfDocument(data)
-        pg = pdf[page - 1]
-        w, h = pg.get_size()
-        return pg.render(scale=size / max(w, h, 1)).to_pil().convert("RGB")
+        return render_to_fit(data, page, size)
     except Exception as e:  # noqa: BLE001 - any PDF problem means "no thumbnail"
         raise NotServable(f"cannot render page {page}: {e}") from e
 

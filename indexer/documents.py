@@ -138,9 +138,10 @@ def _load_page(work: PageWork, transform: Callable, opts: PageOptions, known: fr
     if work.reuse_key in known:
         return result_cls(work, meta=meta, reused=True), None
     try:
-        doc = _doc_cache().get(work.path, work.size, work.mtime_ns)
-        text = pdf.page_text(doc, work.page)
-        img = pdf.render_page(doc, work.page, dpi=opts.dpi)
+        with pdf.PDFIUM_LOCK:  # only contended when indexing runs in a thread beside the web UI
+            doc = _doc_cache().get(work.path, work.size, work.mtime_ns)
+            text = pdf.page_text(doc, work.page)
+            img = pdf.render_page(doc, work.page, dpi=opts.dpi)
     except pdf.PdfError as e:
         return result_cls(work, error=str(e)), None
     except FileNotFoundError:
@@ -154,7 +155,8 @@ def _load_page(work: PageWork, transform: Callable, opts: PageOptions, known: fr
             from imgrag.retrieval import ocr
 
             try:
-                hi = img if opts.dpi >= pdf.OCR_DPI else pdf.render_page(doc, work.page, dpi=pdf.OCR_DPI)
+                with pdf.PDFIUM_LOCK:
+                    hi = img if opts.dpi >= pdf.OCR_DPI else pdf.render_page(doc, work.page, dpi=pdf.OCR_DPI)
                 text = pdf.clean_text(ocr.ocr_image(hi, lang=opts.ocr_lang).text)
                 meta["ocr"] = True
             except (RuntimeError, pdf.PdfError) as e:

@@ -14,6 +14,7 @@ import hashlib
 import math
 import os
 import re
+import threading
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -33,6 +34,9 @@ MAX_TEXT_CHARS = 20_000
 MIN_TEXT_CHARS = 8
 
 _HASH_CHUNK = 1 << 20
+#: PDFium is not thread-safe: every call into it from a process with several threads (the web UI's
+#: thumbnail pool, answers) holds this lock. Decode workers are processes, each with its own copy.
+PDFIUM_LOCK = threading.RLock()
 
 
 class PdfError(Exception):
@@ -100,11 +104,12 @@ def file_hash(path: str) -> tuple[str, int, int]:
 
 def page_count(path: str) -> int:
     """Number of pages; :class:`PdfError` for encrypted, corrupt or empty PDFs."""
-    doc = open_pdf(path)
-    try:
-        n = len(doc)
-    finally:
-        doc.close()
+    with PDFIUM_LOCK:
+        doc = open_pdf(path)
+        try:
+            n = len(doc)
+        finally:
+            doc.close()
     if n <= 0:
         raise PdfError("PDF has no pages")
     return n
@@ -172,6 +177,32 @@ def has_text(text: str | None) -> bool:
     return bool(text) and sum(1 for ch in text if not ch.isspace()) >= MIN_TEXT_CHARS
 
 
+def render_to_fit(source: "str | bytes", page: int, size: int | None = None, dpi: float = 144.0) -> "Image.Image":
+    """Render 1-based ``page`` of a PDF (path or bytes) so its longer side is ``size`` pixels (or at
+    ``dpi`` when ``size`` is None); thread-safe, the document is closed before returning."""
+    with PDFIUM_LOCK:
+        doc = open_pdf(source) if isinstance(source, str) else _open_bytes(source)
+        try:
+            if not 1 <= page <= len(doc):
+                raise PdfError(f"page {page} is out of range (the PDF has {len(doc)} pages)")
+            if size:
+                w, h = doc[page - 1].get_size()
+                dpi = 72.0 * float(size) / max(w, h, 1.0)
+            return render_page(doc, page, dpi=dpi)
+        finally:
+            doc.close()
+
+
+def _open_bytes(data: bytes):
+    pdfium = _pdfium()
+    try:
+        return pdfium.PdfDocument(data)
+    except pdfium.PdfiumError as e:
+        if "password" in str(e).lower():
+            raise PdfError("encrypted PDF (password required)") from None
+        raise PdfError(f"not a valid PDF ({e})") from None
+
+
 class DocCache:
     """One open document per worker process (pages of a PDF arrive in order, so it is reused)."""
 
@@ -193,7 +224,8 @@ class DocCache:
     def close(self) -> None:
         if self._doc is not None:
             try:
-                self._doc.close()
+                with PDFIUM_LOCK:
+                    self._doc.close()
             except Exception:  # noqa: BLE001 - best effort
                 pass
         self._doc, self._key = None, None

@@ -563,3 +563,23 @@ def test_vector_gate_keeps_a_noise_ranking_out_of_the_fusion():
     assert [h.id for h in fuse(other, flat, txt)][0] == "b"  # plain RRF: in both lists → first
     assert [h.id for h in fuse(lite, sharp, txt)][0] == "b"  # a confident vector match is fused
     assert [h.id for h in fuse(lite, flat, txt, vector_gate=0.0)][0] == "b"
+
+
+def test_pages_render_safely_from_many_threads(tmp_path):
+    """PDFium is not thread-safe; the web UI renders thumbnails from a thread pool while answers and an
+    in-process indexer render too. All go through one lock: many threads, same results, no crash."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from imgrag.retrieval.pdf import render_to_fit
+
+    pdf = write_text_pdf(tmp_path / "t.pdf", [f"page {i}" for i in range(1, 9)], fills=[(i * 30, 0, 0) for i in range(8)])
+    data = pdf.read_bytes()
+
+    def job(i):
+        src = str(pdf) if i % 2 else data
+        im = render_to_fit(src, i % 8 + 1, 96)
+        return im.size, np.asarray(im)[0, 0].tolist()
+    with ThreadPoolExecutor(8) as ex:
+        out = list(ex.map(job, range(64)))
+    assert all(size == (68, 96) for size, _ in out)
+    assert all(px == [(i % 8) * 30, 0, 0] for i, (_, px) in enumerate(out))

@@ -396,14 +396,8 @@ def _load_image(h: Hit, size: int | None) -> "Image.Image | None":
 
 def _render_page(path: str, page: int, size: int | None) -> "Image.Image | None":
     try:
-        import pypdfium2 as pdfium
-    except ImportError:
-        return None
-    try:
-        pdf = pdfium.PdfDocument(path)
-        pg = pdf[page - 1]
-        w, h = pg.get_size()
-        scale = (size / max(w, h)) if size else 2.0
-        return pg.render(scale=max(scale, 0.1)).to_pil().convert("RGB")
-    except Exception:  # noqa: BLE001 - a bad page is reported as unreadable
+        from imgrag.retrieval.pdf import render_to_fit  # thread-safe (PDFium lock), closes the document
+
+        return render_to_fit(path, page, size, dpi=144.0)
+    except Exception:  # noqa: BLE001 - a bad page (or no pypdfium2) is reported as unreadable
         return None
