@@ -106,7 +106,7 @@ def supported_extensions() -> frozenset[str]:
     from imgrag.retrieval import pdf
     from imgrag.retrieval.imageio import SUPPORTED_EXTENSIONS
 
-    return frozenset(SUPPORTED_EXTENSIONS) | (pdf.PDF_EXTENSIONS if pdf.available() else frozenset())
+    return frozenset(SUPPORTED_EXTENSIONS) | pdf.PDF_EXTENSIONS  # without pypdfium2: skipped, saying why
 
 
 def build_index(index: Index, roots: Iterable[str | Path], options: IndexOptions | None = None,

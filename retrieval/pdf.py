@@ -59,7 +59,8 @@ def _pdfium():
     try:
         import pypdfium2 as pdfium
     except ImportError as e:
-        raise PdfError("PDF support is not installed; pip install 'imgrag[docs]' (pypdfium2)") from e
+        raise PdfError("PDF support is not installed: pip install 'imgrag[docs]' (pypdfium2), "
+                       "then re-run with --retry-skipped") from e
     return pdfium
 
 

@@ -583,3 +583,27 @@ def test_pages_render_safely_from_many_threads(tmp_path):
         out = list(ex.map(job, range(64)))
     assert all(size == (68, 96) for size, _ in out)
     assert all(px == [(i % 8) * 30, 0, 0] for i, (_, px) in enumerate(out))
+
+
+def test_pdfs_without_pypdfium2_are_skipped_saying_what_to_install(tmp_path, monkeypatch):
+    import builtins
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    write_text_pdf(docs / "a.pdf", ["hello"])
+    Image.new("RGB", (32, 32), "red").save(docs / "photo.png")
+    real_import = builtins.__import__
+
+    def no_pdfium(name, *a, **kw):
+        if name == "pypdfium2" or name.startswith("pypdfium2."):
+            raise ImportError("No module named 'pypdfium2'")
+        return real_import(name, *a, **kw)
+    monkeypatch.setattr(builtins, "__import__", no_pdfium)
+    idx = make_index(tmp_path)
+    rep = build_index(idx, [docs], IndexOptions(**OPTS))
+    assert rep.embedded == 1 and set(rows_of(idx)) == {str(docs / "photo.png")}
+    assert [s["reason"] for s in idx.skipped()] == [
+        "PDF support is not installed: pip install 'imgrag[docs]' (pypdfium2), then re-run with --retry-skipped"]
+    monkeypatch.setattr(builtins, "__import__", real_import)
+    rep = build_index(idx, [docs], IndexOptions(retry_skipped=True, **OPTS))
+    assert rep.embedded == 1 and f"{docs / 'a.pdf'}#page=1" in rows_of(idx) and idx.skipped() == []
