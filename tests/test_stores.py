@@ -447,6 +447,20 @@ def big():
     return metas(n, seed=4), clustered(n, seed=4, clusters=40, spread=0.5)
 
 
+def test_faiss_hnsw_default_search_breadth(tmp_path, big):
+    """HNSW searches with ef_search 256 unless told otherwise: bench/search_scale.py measured recall@10
+    0.94 with 128 and 0.95 with 256 on 1M clustered vectors (HNSW32,SQ8)."""
+    meta, vec = big
+    ids = [m["id"] for m in meta]
+    st = mk("faiss", tmp_path, {"factory": "HNSW32,SQ8"})
+    st.upsert(make_rows(meta, vec))
+    st.optimize()
+    assert st.describe()["ef_search"] == 256
+    q = clustered(40, seed=78, clusters=40, spread=0.5)
+    assert recall_at(st, vec, ids, q) >= 0.95
+    assert mk("faiss", tmp_path / "b", {"factory": "HNSW32,SQ8", "ef_search": 64}).ef_search == 64
+
+
 @pytest.mark.parametrize("factory", ["HNSW32", "IVF32,Flat", "IVF16,SQ8"])
 def test_faiss_ann_recall(factory, tmp_path, big):
     meta, vec = big
