@@ -183,50 +183,66 @@ def eval_layouts(emb, pdfs: list[Path], qs, dpi: float, max_tiles: int, batch: i
     import pypdfium2 as pdfium
     import torch
 
-    from imgrag.retrieval.layout import crop_fraction_of, page_views
-    from imgrag.retrieval.pdf import render_page
+    from imgrag.retrieval.layout import crop_fraction_of, grid_boxes, is_dense, pad_to_square, tile_boxes
+    from imgrag.retrieval.pdf import page_text, render_page
 
     tf = emb.image_transform()
     cf = crop_fraction_of(emb)
     keys: list[tuple[str, int]] = []
-    crop, views, owner = [], [], []
+    crop, views, owner, kind = [], [], [], []  # kind: 0 padded page, 1 strip tile, 2 grid tile
+    dense_pages = 0
     for p in pdfs:
         doc = pdfium.PdfDocument(str(p))
         for i in range(1, len(doc) + 1):
             img = render_page(doc, i, dpi=dpi)
+            dense = is_dense(page_text(doc, i), img.width, img.height, dpi)
+            dense_pages += dense
             keys.append((str(p), i))
             crop.append(tf(img))
-            for v in page_views(img, cf, max_tiles):
-                views.append(tf(v))
+            boxes = [(None, 0)] + [(b, 1) for b in tile_boxes(*img.size, max_tiles=max_tiles)]
+            if dense and max_tiles >= 2:
+                boxes += [(b, 2) for b in grid_boxes(*img.size)]
+            for b, k in boxes:
+                views.append(tf(pad_to_square(img if b is None else img.crop(b), cf)))
                 owner.append(len(keys) - 1)
+                kind.append(k)
         doc.close()
 
     def embed(ts):
         return np.concatenate([emb.embed_pixels(torch.stack(ts[i:i + batch])) for i in range(0, len(ts), batch)])
     v_crop = embed(crop)
     v_views = embed(views)
-    owner = np.asarray(owner)
-    first = np.r_[0, np.flatnonzero(np.diff(owner)) + 1]
-    v_pad = v_views[first]
-    v_mean = np.stack([v_views[owner == i].mean(0) for i in range(len(keys))])
-    v_mean /= np.linalg.norm(v_mean, axis=1, keepdims=True)
-    tiles = [np.flatnonzero(owner == i)[1:] for i in range(len(keys))]
-    v_tiles = np.stack([v_views[t].mean(0) if len(t) else v_pad[i] for i, t in enumerate(tiles)])
-    v_tiles /= np.linalg.norm(v_tiles, axis=1, keepdims=True)
+    owner, kind = np.asarray(owner), np.asarray(kind)
+    v_pad = v_views[kind == 0]
+    n = len(keys)
+    # the indexer's views: padded page + grid tiles for dense pages, + strip tiles otherwise
+    has_grid = np.zeros(n, bool)
+    has_grid[owner[kind == 2]] = True
+    used = (kind == 0) | ((kind == 2) & has_grid[owner]) | ((kind == 1) & ~has_grid[owner])
+    strips = kind != 2
     q = emb.embed_texts([x for x, _, _ in qs])
     answers = [(p, pg) for _, p, pg in qs]
 
     def ranked_from(scores):
         top = np.argsort(-scores, axis=1)[:, : max(KS)]
         return [[keys[j] for j in row] for row in top]
-    sim_views = q @ v_views.T  # (nq, n_views)
-    sim_max = np.full((len(qs), len(keys)), -np.inf, dtype=np.float32)
-    np.maximum.at(sim_max.T, owner, sim_views.T)
-    return {"centre crop (photo preprocessing)": recall(ranked_from(q @ v_crop.T), answers),
-            "padded page": recall(ranked_from(q @ v_pad.T), answers),
-            f"padded page + {max_tiles} tiles, mean (default)": recall(ranked_from(q @ v_mean.T), answers),
-            f"padded page + {max_tiles} tiles, max": recall(ranked_from(sim_max), answers),
-            f"{max_tiles} tiles only, mean": recall(ranked_from(q @ v_tiles.T), answers)}
+
+    def mean_of(sel):
+        v = np.stack([v_views[sel & (owner == i)].mean(0) for i in range(n)])
+        return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+    def max_of(sel):
+        sims = np.full((len(qs), n), -np.inf, dtype=np.float32)
+        np.maximum.at(sims.T, owner[sel], (q @ v_views[sel].T).T)
+        return sims
+    out = {"centre crop (photo preprocessing)": recall(ranked_from(q @ v_crop.T), answers),
+           "padded page": recall(ranked_from(q @ v_pad.T), answers),
+           f"padded page + {max_tiles} strip tiles, mean": recall(ranked_from(q @ mean_of(strips).T), answers),
+           f"padded page + {max_tiles} strip tiles, max": recall(ranked_from(max_of(strips)), answers),
+           f"padded page + tiles (2x2 grid on {dense_pages} dense pages), mean (default)":
+               recall(ranked_from(q @ mean_of(used).T), answers),
+           f"padded page + tiles (2x2 grid on {dense_pages} dense pages), max": recall(ranked_from(max_of(used)), answers)}
+    return out
 
 
 def main() -> int:
@@ -243,6 +259,8 @@ def main() -> int:
                     help="corpora on which page-embedding variants are compared (default: figures; the lite "
                          "model cannot read, so on text-only manuals every variant is near chance)")
     ap.add_argument("--reuse-index", action="store_true", help="evaluate an index left in --work by an earlier run")
+    ap.add_argument("--layouts-only", action="store_true",
+                    help="only compare page-embedding variants (no index, no search modes)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     corpora = args.corpus or ["figures", "rmanuals"]
@@ -261,6 +279,16 @@ def main() -> int:
         else:
             folder, qs = figures(work)
         pdfs = sorted(folder.glob("*.pdf"))
+        if args.layouts_only:
+            log(f"{corpus}: {len(pdfs)} PDFs, {len(qs)} questions; layout variants only")
+            layouts = eval_layouts(emb, pdfs, qs, args.dpi, args.page_tiles)
+            all_figs[corpus] = {"questions": len(qs), "layouts": layouts}
+            record("docs_retrieval_layouts", all_figs[corpus], {"corpus": corpus, "dpi": args.dpi,
+                                                                 "page_tiles": args.page_tiles, "model": "lite"})
+            table(["page embedding (vector mode)", "R@1", "R@5"],
+                  [[m, f"{v['R@1']:.3f}", f"{v['R@5']:.3f}"] for m, v in layouts.items()],
+                  title=f"{corpus}: {len(qs)} questions, lite model")
+            continue
         log(f"{corpus}: {len(pdfs)} PDFs, {len(qs)} questions; indexing")
         idx_dir = work / f"index-{corpus}"
         if not args.reuse_index:

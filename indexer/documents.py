@@ -165,7 +165,10 @@ def _load_page(work: PageWork, transform: Callable, opts: PageOptions, known: fr
             meta["needs_ocr"] = True
     meta["text"] = text or None
     t2 = time.perf_counter()
-    pixels = transform(img)
+    from imgrag.retrieval.layout import PageTransform
+
+    # the page's text decides whether it is dense (2×2 grid tiles); OCR text counts like a text layer
+    pixels = transform(img, text=text, dpi=opts.dpi) if isinstance(transform, PageTransform) else transform(img)
     t3 = time.perf_counter()
     return result_cls(work, meta=meta, read_s=0.0, decode_s=t2 - t0, preprocess_s=t3 - t2), pixels
 

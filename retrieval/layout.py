@@ -6,7 +6,10 @@ turned into several square *views*:
 
 - the whole page, padded with white to a square (aspect ratio kept, nothing cut), and
 - for tall or wide pages, ``ceil(long/short)`` (at most ``max_tiles``) overlapping square tiles
-  along the long side, each at a higher effective resolution than the whole-page view.
+  along the long side, each at a higher effective resolution than the whole-page view;
+- for *dense* pages (at least :data:`DENSE_CHARS_PER_SQIN` non-space characters of text layer or OCR
+  text per square inch of page, whatever the aspect ratio), a 2×2 grid of overlapping tiles instead
+  (AnyRes-style): each quarter of the page at about twice the whole-page resolution, for small text.
 
 Each view goes through the model's ordinary transform; the views' vectors are averaged and
 re-normalised into the page's one stored vector (mean pooling; ``bench/docs_retrieval.py`` compares
@@ -28,6 +31,13 @@ if TYPE_CHECKING:  # pragma: no cover
 DEFAULT_MAX_TILES = 2
 #: Pages whose long/short side ratio is at least this are tiled.
 TILE_MIN_ASPECT = 1.15
+#: Pages with at least this many non-space text characters per square inch are *dense*: they get a
+#: 2×2 grid of tiles. A full page of 10-pt body text (R manuals: 2,200–2,500 characters on a US Letter
+#: page, 93.5 in²) is 24–27; a title page or a figure with a caption is below 3.
+DENSE_CHARS_PER_SQIN = 15.0
+#: Each grid tile spans this fraction of the page's width and height (so neighbours overlap by 10 %
+#: and a line of text on the middle seam is whole in one of them).
+GRID_TILE_FRACTION = 0.55
 
 
 def pad_to_square(image: "Image.Image", crop_fraction: float = 1.0, fill=(255, 255, 255)) -> "Image.Image":
@@ -61,10 +71,42 @@ def tile_boxes(width: int, height: int, max_tiles: int = DEFAULT_MAX_TILES) -> l
     return boxes
 
 
-def page_views(image: "Image.Image", crop_fraction: float = 1.0, max_tiles: int = DEFAULT_MAX_TILES) -> list["Image.Image"]:
+def text_density(text: str | None, width: int, height: int, dpi: float) -> float:
+    """Non-space characters of ``text`` per square inch of a page rendered at ``width``×``height``
+    pixels and ``dpi``."""
+    if not text or width <= 0 or height <= 0 or dpi <= 0:
+        return 0.0
+    area = (width / float(dpi)) * (height / float(dpi))
+    return sum(1 for ch in text if not ch.isspace()) / area
+
+
+def is_dense(text: str | None, width: int, height: int, dpi: float) -> bool:
+    """Whether a page's text is dense enough for grid tiles (:data:`DENSE_CHARS_PER_SQIN`)."""
+    return text_density(text, width, height, dpi) >= DENSE_CHARS_PER_SQIN
+
+
+def grid_boxes(width: int, height: int, frac: float = GRID_TILE_FRACTION) -> list[tuple[int, int, int, int]]:
+    """The 2×2 grid of overlapping crop boxes (left, top, right, bottom): top-left, top-right,
+    bottom-left, bottom-right, each ``frac`` of the page's width and height."""
+    tw, th = int(math.ceil(width * frac)), int(math.ceil(height * frac))
+    return [(0, 0, tw, th), (width - tw, 0, width, th), (0, height - th, tw, height),
+            (width - tw, height - th, width, height)]
+
+
+def view_boxes(width: int, height: int, max_tiles: int = DEFAULT_MAX_TILES,
+               dense: bool = False) -> list[tuple[int, int, int, int]]:
+    """Crop boxes of a page's tiles (the whole-page view not included): the 2×2 grid for dense pages
+    when tiling is on (``max_tiles >= 2``), else :func:`tile_boxes`."""
+    if dense and max_tiles >= 2 and min(width, height) > 0:
+        return grid_boxes(width, height)
+    return tile_boxes(width, height, max_tiles=max_tiles)
+
+
+def page_views(image: "Image.Image", crop_fraction: float = 1.0, max_tiles: int = DEFAULT_MAX_TILES,
+               dense: bool = False) -> list["Image.Image"]:
     """The whole page padded to a square, then its tiles (each padded for the model's crop)."""
     views = [pad_to_square(image, crop_fraction)]
-    for box in tile_boxes(*image.size, max_tiles=max_tiles):
+    for box in view_boxes(*image.size, max_tiles=max_tiles, dense=dense):
         views.append(pad_to_square(image.crop(box), crop_fraction))
     return views
 
@@ -77,10 +119,14 @@ class PageTransform:
         self.crop_fraction = float(crop_fraction)
         self.max_tiles = int(max_tiles)
 
-    def __call__(self, image: "Image.Image") -> "torch.Tensor":
+    def __call__(self, image: "Image.Image", text: str | None = None, dpi: float | None = None) -> "torch.Tensor":
+        """``text`` (the page's text layer or OCR) and ``dpi`` (its render resolution) decide whether
+        the page is dense (:func:`is_dense`); without them it is not."""
         import torch
 
-        return torch.stack([self.base(v) for v in page_views(image, self.crop_fraction, self.max_tiles)])
+        dense = bool(text) and bool(dpi) and is_dense(text, image.width, image.height, float(dpi))
+        views = page_views(image, self.crop_fraction, self.max_tiles, dense=dense)
+        return torch.stack([self.base(v) for v in views])
 
     def __repr__(self) -> str:
         return f"PageTransform(crop_fraction={self.crop_fraction}, max_tiles={self.max_tiles}, base={self.base!r})"

@@ -24,7 +24,8 @@ from fakes import FakeEmbedder
 from imgrag.indexer.pipeline import IndexOptions, build_index
 from imgrag.retrieval import ocr as ocr_mod
 from imgrag.retrieval.index import Index
-from imgrag.retrieval.layout import pad_to_square, page_views, pool_views, tile_boxes
+from imgrag.retrieval.layout import (DENSE_CHARS_PER_SQIN, PageTransform, grid_boxes, is_dense, pad_to_square,
+                                     page_views, pool_views, text_density, tile_boxes)
 from imgrag.retrieval.queries.hybrid import parse_weights, rrf_fuse, search_documents
 from imgrag.retrieval.stores.base import Hit
 from imgrag.retrieval.textsearch import bm25_search, highlight, snippet
@@ -448,6 +449,81 @@ def test_page_vector_is_the_mean_of_its_views(tmp_path):
     ref = vecs.mean(axis=0)
     ref /= np.linalg.norm(ref)
     assert float(stored @ ref) > 0.99999
+
+
+def write_quadrant_pdf(path: Path, text: str, font_size: float = 7) -> Path:
+    """An A4 page with a different colour block in each quarter and ``text`` in small type on top."""
+    pdf = fpdf.FPDF(format="A4")
+    pdf.set_auto_page_break(False)
+    pdf.add_page()
+    for (x, y), c in zip([(0, 0), (105, 0), (0, 148.5), (105, 148.5)],
+                         [(220, 40, 40), (40, 200, 40), (40, 40, 220), (230, 200, 30)]):
+        pdf.set_fill_color(*c)
+        pdf.rect(x, y, 105, 148.5, style="F")
+    pdf.set_font("helvetica", size=font_size)
+    pdf.set_xy(10, 10)
+    pdf.multi_cell(190, font_size * 0.42, text)
+    pdf.output(str(path))
+    return path
+
+
+DENSE_TEXT = " ".join(f"word{i} alpha beta gamma delta" for i in range(180))  # ~5,000 characters
+SPARSE_TEXT = "Annual report 2024\nTitle page"
+
+
+def test_dense_pages_get_a_grid_of_tiles_sparse_pages_do_not():
+    a4 = (1240, 1754)  # A4 at 150 dpi: 8.27 x 11.69 in = 96.7 sq in
+    assert text_density("x" * 967, *a4, 150) == pytest.approx(10.0, rel=1e-3)
+    assert is_dense("x" * 1500, *a4, 150) and not is_dense("x" * 1400, *a4, 150)  # threshold 15 / sq in
+    assert not is_dense(" \n " * 5000, *a4, 150) and not is_dense(None, *a4, 150)
+    assert DENSE_CHARS_PER_SQIN == 15.0
+    boxes = grid_boxes(*a4)
+    assert boxes == [(0, 0, 682, 965), (558, 0, 1240, 965), (0, 789, 682, 1754), (558, 789, 1240, 1754)]
+    page = Image.new("RGB", a4, "white")
+    assert [v.size for v in page_views(page, 1.0, 2, dense=True)] == [(1754, 1754)] + [(965, 965)] * 4
+    assert len(page_views(page, 1.0, 2, dense=False)) == 3  # tall sparse page: 2 strips
+    assert len(page_views(page, 1.0, 0, dense=True)) == 1  # --page-tiles 0: whole page only
+    square = Image.new("RGB", (1000, 1000), "white")
+    assert len(page_views(square, 1.0, 2, dense=True)) == 5 and len(page_views(square, 1.0, 2)) == 1
+    from fakes import ThumbTransform
+
+    pt = PageTransform(ThumbTransform(), 1.0, 2)
+    assert pt(page, text="x" * 5000, dpi=150).shape[0] == 5
+    assert pt(page, text=SPARSE_TEXT, dpi=150).shape[0] == 3
+    assert pt(page).shape[0] == 3  # no text known: not dense
+
+
+def test_dense_page_vector_is_the_mean_of_page_and_grid_views(tmp_path):
+    """Indexed through the real pipeline: the dense page's stored vector is the mean of its padded page
+    and four grid tiles (each quarter a different colour, so 3- and 5-view means differ)."""
+    import pypdfium2 as pdfium
+    import torch
+
+    from fakes import ThumbTransform
+    from imgrag.retrieval.pdf import page_text, render_page
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    dense = write_quadrant_pdf(docs / "dense.pdf", DENSE_TEXT)
+    sparse = write_quadrant_pdf(docs / "sparse.pdf", SPARSE_TEXT)
+    emb = FakeEmbedder()
+    idx = make_index(tmp_path, emb=emb)
+    build_index(idx, [docs], IndexOptions(dpi=50, page_tiles=2, **OPTS))
+    rows = rows_of(idx)
+    for pdf, n_views in ((dense, 5), (sparse, 3)):
+        doc = pdfium.PdfDocument(str(pdf))
+        img, text = render_page(doc, 1, dpi=50), page_text(doc, 1)
+        assert is_dense(text, img.width, img.height, 50) == (n_views == 5)
+        stored = np.asarray(rows[f"{pdf}#page=1"]["vector"], dtype=np.float32)
+        sims = {}
+        for d in (True, False):
+            views = page_views(img, 1.0, 2, dense=d)
+            vecs = emb.embed_pixels(torch.stack([ThumbTransform()(v) for v in views]))
+            ref = vecs.mean(axis=0)
+            sims[len(views)] = float(stored @ (ref / np.linalg.norm(ref)))
+        assert sims[n_views] > 0.99999, sims  # mean pooling of exactly these views
+        other = 3 if n_views == 5 else 5
+        assert sims[other] < 0.9999, sims  # and not of the other view set
 
 
 # ------------------------------------------------------------------------------------------------
