@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 from imgrag.retrieval.errors import ModelUnavailableError
 from imgrag.retrieval.generators.base import EvidenceItem, Generator, GeneratorError
-from imgrag.retrieval.generators.prompt import ImageSlot, build_prompt
+from imgrag.retrieval.generators.prompt import ImageSlot, build_prompt, slot_image
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
@@ -163,7 +163,7 @@ class AnthropicGenerator(_HTTPGenerator):
         for part in p.parts:
             if isinstance(part, ImageSlot):
                 content.append({"type": "image", "source": {"type": "base64", "media_type": "image/jpeg",
-                                                            "data": image_to_base64_jpeg(by_n[part.n].image)}})
+                                                            "data": image_to_base64_jpeg(slot_image(by_n, part))}})
             else:
                 content.append({"type": "text", "text": part})
         return {"model": self.model, "max_tokens": self.max_tokens, "system": p.system, "stream": True,
@@ -205,7 +205,7 @@ class OpenAIGenerator(_HTTPGenerator):
         content: list[dict[str, Any]] = []
         for part in p.parts:
             if isinstance(part, ImageSlot):
-                url = "data:image/jpeg;base64," + image_to_base64_jpeg(by_n[part.n].image)
+                url = "data:image/jpeg;base64," + image_to_base64_jpeg(slot_image(by_n, part))
                 content.append({"type": "image_url", "image_url": {"url": url}})
             else:
                 content.append({"type": "text", "text": part})

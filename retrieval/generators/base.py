@@ -21,6 +21,16 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 @dataclass
+class Crop:
+    """A high-resolution crop of a document page, sent as an extra image of its item."""
+
+    image: "Image.Image"
+    box: tuple[float, float, float, float]  # fractions of the page: left, top, right, bottom
+    dpi: float  # render resolution of the crop
+    how: str  # "question words" | "densest region"
+
+
+@dataclass
 class EvidenceItem:
     """One retrieved item handed to a generator."""
 
@@ -31,6 +41,7 @@ class EvidenceItem:
     page: int | None
     image: "Image.Image | None"  # resized to the generator's resolution; None for text-only backends
     facts: dict[str, str] = field(default_factory=dict)  # file name, capture date, labels, OCR … (DATA)
+    crops: list[Crop] = field(default_factory=list)  # document pages: zoomed regions, sent after the page
 
 
 class Generator(ABC):

@@ -217,9 +217,9 @@ class HFGenerator(Generator):
         return proc.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
     def build_inputs(self, question: str, items: list[EvidenceItem]):
-        images = [it.image.convert("RGB") for it in items]
         if any(it.image is None for it in items):
             raise GeneratorError(f"{self.name} needs the images; got an item without one")
+        images = [im.convert("RGB") for im in build_prompt(question, items).images(items)]  # pages + crops
         mt = self.model_type
         if mt in SINGLE_IMAGE and len(images) > 1:
             raise GeneratorError(f"{self.name} ({mt}) reads one image per prompt; got {len(images)}")
@@ -238,11 +238,11 @@ class HFGenerator(Generator):
 
     def _idefics_inputs(self, question: str, items: list[EvidenceItem], images: list):
         p = build_prompt(question, items)
-        by_n = {it.n: img for it, img in zip(items, images)}
+        slot_imgs = iter(images)  # in slot order (pages and their crops)
         seq: list[Any] = ["User: " + p.system + "\n"]
         for part in p.parts:
             # a text item with no space that parses as a URL would be fetched by the processor: never send one
-            seq.append(by_n[part.n] if isinstance(part, ImageSlot) else (part if " " in part else part + " "))
+            seq.append(next(slot_imgs) if isinstance(part, ImageSlot) else (part if " " in part else part + " "))
         seq.append("\nAssistant:")
         try:
             out = self.processor(text=[seq], return_tensors="pt")

@@ -54,9 +54,10 @@ _CHAT_TOKENS = re.compile(r"<\|[^|>]{0,40}\|>|<(?:image|img|fake_token_around_im
 
 @dataclass(frozen=True)
 class ImageSlot:
-    """Where image ``n`` goes in the user message."""
+    """Where image ``n`` goes in the user message; ``sub`` > 0 is item ``n``'s crop number ``sub``."""
 
     n: int
+    sub: int = 0
 
 
 Part = Union[str, ImageSlot]
@@ -71,7 +72,13 @@ class Prompt:
 
     @property
     def image_slots(self) -> list[int]:
+        """Item number of every image in order (an item with crops appears once per image)."""
         return [p.n for p in self.parts if isinstance(p, ImageSlot)]
+
+    def images(self, items: list["EvidenceItem"]) -> list:
+        """The images to send, in slot order (pages and their crops)."""
+        by_n = {it.n: it for it in items}
+        return [slot_image(by_n, p) for p in self.parts if isinstance(p, ImageSlot)]
 
     def text(self, image_marker: str = "<image {n}>") -> str:
         """The user message as plain text, each image slot replaced by ``image_marker``."""
@@ -134,9 +141,20 @@ def build_prompt(question: str, items: list["EvidenceItem"], *, text_only: bool 
             parts.append("\n")
         else:
             parts.append("DATA: none\n")
+        if not text_only:
+            for j, _crop in enumerate(getattr(it, "crops", None) or [], start=1):
+                parts.append(f"[{it.n}] zoomed detail {j} of the same page (a high-resolution crop): ")
+                parts.append(ImageSlot(it.n, j))
+                parts.append("\n")
     parts.append(f"\nQuestion: {q}\n"
                  f"Answer briefly and cite the images you use as [n]. If they do not show the answer, say: {NOT_SHOWN}")
     return Prompt(system=SYSTEM_TEXT_ONLY if text_only else SYSTEM, parts=_merge(parts))
+
+
+def slot_image(by_n: dict, slot: ImageSlot):
+    """The image a slot stands for: the item's image, or its crop number ``slot.sub``."""
+    it = by_n[slot.n]
+    return it.image if slot.sub == 0 else it.crops[slot.sub - 1].image
 
 
 def _merge(parts: list[Part]) -> list[Part]:

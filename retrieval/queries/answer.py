@@ -177,13 +177,17 @@ def grounding_fallback(text: str, items: list[EvidenceItem]) -> int:
 
 
 def answer(index: "Index", question: str, *, k: int = 8, max_images: int = 4, generator: "str | Generator | None" = None,
-           min_score: float | None = None, filters: Filters | None = None, rerank: bool = False) -> AnswerStream:
+           min_score: float | None = None, filters: Filters | None = None, rerank: bool = False,
+           crops: bool = True) -> AnswerStream:
     """Answer ``question`` from the images in ``index``; see the module docstring.
 
     ``generator``: a spec (``smollm2``, ``hf:ID_OR_DIR``, ``anthropic:MODEL``, ``openai:MODEL``; None →
     smollm2) or a :class:`Generator`. ``k`` images are retrieved, at most
     ``min(max_images, generator.max_images)`` are sent. ``rerank`` re-scores the retrieved images with
     a lexical cross-check of the question against each image's text evidence before choosing.
+       ``crops``: document pages sent to a generator that sees pixels and takes several images get a
+    high-resolution crop of the region holding the question's words, within the same image budget
+    (:func:`add_page_crops`).
     """
     from imgrag.retrieval.generators import load_generator
     from imgrag.retrieval.queries.search import Term, search
@@ -249,12 +253,67 @@ def answer(index: "Index", question: str, *, k: int = 8, max_images: int = 4, ge
         notes.append(f"could not read {p} (moved or deleted since indexing?); not sent")
     if not items:
         return AnswerStream(q, gen, gen.name, gen.text_only, [], dropped, notes, best, thr, no_answer=True)
+    if not gen.text_only and crops and cap >= 2:
+        add_page_crops(q, items, dropped, hits, cap, gen, notes)
     if gen.text_only:
         notes.append(f"{gen.name} sees only the images' text evidence (file name, date, labels, text), not pixels")
     rule = getattr(gen, "citation_rule", None)
     if rule:
         notes.append(f"{gen.name}: {rule}")
     return AnswerStream(q, gen, gen.name, gen.text_only, items, dropped, notes, best, thr, no_answer=False)
+
+
+def add_page_crops(question: str, items: list[EvidenceItem], dropped: list[Citation], hits: list[Hit], cap: int,
+                   gen: Generator, notes: list[str]) -> None:
+    """Give sent document pages a high-resolution crop of the region holding the question's words
+    (:mod:`imgrag.retrieval.pagecrop`), within the image budget ``cap`` (pages + crops):
+
+    - crops go to pages in rank order, one per page, while images are left in the budget;
+    - when the budget is full and holds at least 3 images, the lowest-ranked item gives up its slot
+      for the best-ranked page's crop (the best page at a legible resolution is worth more than the
+      last page at an illegible one).
+
+    Everything done is reported in ``notes``.
+    """
+    from imgrag.retrieval import pagecrop
+    from imgrag.retrieval.generators.base import Crop
+
+    by_id = {h.id: h for h in hits}
+    size = getattr(gen, "image_size", None)
+    planned: list[tuple[EvidenceItem, Any]] = []
+    for it in list(items):
+        if it not in items or it.page is None or not it.path.lower().endswith(".pdf"):
+            continue
+        full = len(items) + len(planned) >= cap
+        if full and (planned or cap < 3 or len(items) < 2):
+            break
+        h = by_id.get(it.id)
+        region = pagecrop.locate(it.path, int(it.page), question, page_text=h.row.get("text") if h else None,
+                                 page_image=it.image)
+        if region is None:
+            continue
+        if full:  # the lowest-ranked other item makes room (once)
+            victim = items[-1]
+            if victim is it:
+                break
+            items.remove(victim)
+            dropped.append(Citation(0, victim.id, victim.path, float(victim.score), victim.page))
+            notes.append(f"{os.path.basename(victim.path)}" + (f" page {victim.page}" if victim.page else "")
+                         + " not sent, to make room in the image budget for a high-resolution crop")
+        planned.append((it, region))
+    for it, region in planned:
+        try:
+            img, dpi = pagecrop.render_crop(it.path, int(it.page), region.box, size)
+        except Exception as e:  # noqa: BLE001 - the page itself is still sent
+            notes.append(f"could not render a crop of {os.path.basename(it.path)} page {it.page}: {e}")
+            continue
+        it.crops.append(Crop(image=img, box=region.box, dpi=float(dpi), how=region.how))
+        x0, y0, x1, y1 = region.box
+        what = ("the question's words " + ", ".join(repr(w) for w in region.words) if region.words
+                else "the most ink (a page without a text layer)")
+        notes.append(f"[{it.n}] {os.path.basename(it.path)} page {it.page}: added a high-resolution crop "
+                     f"({img.width}x{img.height} px, {dpi:.0f} dpi) of the region with {what}: "
+                     f"{x0:.0%}–{x1:.0%} across, {y0:.0%}–{y1:.0%} down the page")
 
 
 #: Weight of the lexical cross-check in :func:`rerank_order` (fraction of question words found in an
