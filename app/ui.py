@@ -45,6 +45,10 @@ CSS = """
 table.imgrag-table { border-collapse: collapse; font-size: 0.92em; border: none; }
 table.imgrag-table td, table.imgrag-table th { padding: 2px 12px 2px 0; text-align: left; vertical-align: top;
   border: none; border-bottom: 1px solid #e5e7eb; }
+.imgrag-matches { font-size: 0.92em; line-height: 1.5; }
+.imgrag-matches ol { margin: 0.2em 0 0 1.2em; padding: 0; }
+.imgrag-match-src { font-weight: 600; }
+.imgrag-snippet mark { background: #fde68a; padding: 0 1px; }
 """
 
 
@@ -81,6 +85,38 @@ def gallery_value(items: list[ResultItem]) -> list[tuple[str, str]]:
     return [(it.thumb, it.caption) for it in items]
 
 
+def snippet_html(snip: str, spans: Any = ()) -> str:
+    """``snip`` (untrusted page text) HTML-escaped, with the query's words (character ``spans`` of the
+    raw text) wrapped in ``<mark>``; spans that overlap, fall outside or are malformed are ignored."""
+    good = []
+    for sp in spans or ():
+        if isinstance(sp, (list, tuple)) and len(sp) == 2 and all(isinstance(x, int) for x in sp):
+            good.append((sp[0], sp[1]))
+    out, last = [], 0
+    for a, b in sorted(good):
+        if a < last or b <= a or b > len(snip):
+            continue
+        out.append(esc(snip[last:a]) + "<mark>" + esc(snip[a:b]) + "</mark>")
+        last = b
+    out.append(esc(snip[last:]))
+    return "".join(out)
+
+
+def matches_html(items: list[dict[str, Any]]) -> str:
+    """Text matches of the results that have text (document pages, OCR'd images): document name, page
+    number and the snippet with the query's words highlighted; empty when no result has text."""
+    rows = []
+    for i, it in enumerate(items, start=1):
+        if not it.get("snippet"):
+            continue
+        where = esc(it["name"]) + (f" · page {int(it['page'])}" if it.get("page") else "")
+        rows.append(f"<li class='imgrag-match'><span class='imgrag-match-src'>{i}. {where}</span>: "
+                    f"<span class='imgrag-snippet'>{snippet_html(it['snippet'], it.get('match_spans'))}</span></li>")
+    if not rows:
+        return ""
+    return "<div class='imgrag-matches'><div>Text matches</div><ol>" + "".join(rows) + "</ol></div>"
+
+
 def detail_html(it: dict[str, Any] | None) -> str:
     """Details of a selected result (every value escaped: file names are untrusted)."""
     if not it:
@@ -95,6 +131,8 @@ def detail_html(it: dict[str, Any] | None) -> str:
     if it.get("page"):
         rows.append(("page", str(it["page"])))
     body = "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in rows)
+    if it.get("snippet"):
+        body += f"<tr><th>text</th><td class='imgrag-snippet'>{snippet_html(it['snippet'], it.get('match_spans'))}</td></tr>"
     link = f"/imgrag/image?id={quote(it['id'], safe='')}"
     return (f"<div class='imgrag-detail'><table class='imgrag-table'>{body}</table>"
             f"<a href='{esc(link)}' target='_blank' rel='noopener noreferrer'>open the original</a></div>")
@@ -202,6 +240,7 @@ def build_blocks(backend: Backend):
             search_status = gr.HTML(status_html(), elem_id="search-status")
             gallery = gr.Gallery(label="Results", columns=4, height="auto", object_fit="contain",
                                  allow_preview=False, elem_id="search-gallery")
+            matches = gr.HTML("", elem_id="search-matches")
             with gr.Row():
                 detail = gr.HTML(detail_html(None), elem_id="search-detail")
                 more_btn = gr.Button("More like this", elem_id="more-like-this", scale=0)
@@ -210,11 +249,12 @@ def build_blocks(backend: Backend):
             try:
                 items = backend.search_text(query, int(k_), glob_, after_, before_, cut if cut > 0 else None, sort_)
             except Exception as e:  # noqa: BLE001
-                return [], [], None, detail_html(None), status_html(error_text(e), True)
+                return [], [], None, detail_html(None), status_html(error_text(e), True), ""
             msg = f"{len(items)} result(s) for {query.strip()!r}" if items else "no results (try a lower cutoff or fewer filters)"
-            return gallery_value(items), [it.to_dict() for it in items], None, detail_html(None), status_html(msg)
+            dicts = [it.to_dict() for it in items]
+            return gallery_value(items), dicts, None, detail_html(None), status_html(msg), matches_html(dicts)
 
-        search_outputs = [gallery, results_state, selected_state, detail, search_status]
+        search_outputs = [gallery, results_state, selected_state, detail, search_status, matches]
         search_inputs = [q, k, cutoff, sort_date, glob, after, before]
         search_btn.click(run_search, search_inputs, search_outputs, api_name="search")
         q.submit(run_search, search_inputs, search_outputs, api_name=False)
@@ -233,9 +273,10 @@ def build_blocks(backend: Backend):
                     raise ImgragError("select a result first (click a thumbnail), then 'More like this'")
                 items = backend.more_like(sel, int(k_), glob_, after_, before_, cut if cut > 0 else None, sort_)
             except Exception as e:  # noqa: BLE001
-                return gr.skip(), gr.skip(), gr.skip(), gr.skip(), status_html(error_text(e), True)
-            return (gallery_value(items), [it.to_dict() for it in items], None, detail_html(None),
-                    status_html(f"{len(items)} image(s) like the selected one"))
+                return gr.skip(), gr.skip(), gr.skip(), gr.skip(), status_html(error_text(e), True), gr.skip()
+            dicts = [it.to_dict() for it in items]
+            return (gallery_value(items), dicts, None, detail_html(None),
+                    status_html(f"{len(items)} image(s) like the selected one"), matches_html(dicts))
 
         more_btn.click(run_more, [selected_state, k, cutoff, sort_date, glob, after, before], search_outputs,
                        api_name="more_like_this")

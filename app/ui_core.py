@@ -278,6 +278,7 @@ class ResultItem:
     page: int | None
     thumb: str  # thumbnail file
     snippet: str = ""  # document pages / OCR'd images: the page text around the query's words
+    spans: tuple = ()  # (start, end) character spans of the query's words inside ``snippet``
 
     @property
     def caption(self) -> str:
@@ -292,7 +293,8 @@ class ResultItem:
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "path": self.path, "name": self.name, "score": round(self.score, 6),
                 "taken_at": self.taken_at.isoformat() if self.taken_at else None, "width": self.width,
-                "height": self.height, "label": self.label, "page": self.page, "snippet": self.snippet}
+                "height": self.height, "label": self.label, "page": self.page, "snippet": self.snippet,
+                "match_spans": [list(sp) for sp in self.spans]}
 
 
 def display_name(path: str) -> str:
@@ -524,7 +526,8 @@ class Backend:
             out.append(ResultItem(id=h.id, path=h.path, name=display_name(h.path), score=float(h.score),
                                   taken_at=r.get("taken_at"), width=r.get("width"), height=r.get("height"),
                                   label=r.get("label"), page=r.get("page"), thumb=str(th),
-                                  snippet=r.get("snippet") or ""))
+                                  snippet=r.get("snippet") or "",
+                                  spans=tuple(tuple(sp) for sp in (r.get("match_spans") or ()))))
         return out
 
     # -- search ----------------------------------------------------------------------------------

@@ -618,6 +618,22 @@ def test_ui_backend_search_uses_hybrid_for_documents_and_shows_page_and_snippet(
     assert top.snippet == "Cormorants nest on the sea cliffs"
     assert "guide.pdf p.2" in top.caption and top.caption.endswith("Cormorants nest on the sea cliffs")
     assert Path(top.thumb).exists()  # a rendered thumbnail of the page
+    from imgrag.app.ui import matches_html
+
+    d = top.to_dict()
+    assert d["match_spans"] == [[0, 10], [27, 33]]
+    m = matches_html([it.to_dict() for it in items])
+    assert "1. guide.pdf · page 2</span>" in m
+    assert "<mark>Cormorants</mark> nest on the sea <mark>cliffs</mark>" in m
+    # the Search tab's handler returns the same list as its last output (the #search-matches panel)
+    from imgrag.app.ui import build_blocks
+
+    demo = build_blocks(be)
+    fns = demo.fns.values() if isinstance(demo.fns, dict) else demo.fns
+    handler = next(f for f in fns if getattr(f, "api_name", None) == "search")
+    out = handler.fn("cormorants cliffs", 3, 0.0, False, "", "", "")
+    assert len(out) == len(handler.outputs)
+    assert "<mark>Cormorants</mark> nest on the sea <mark>cliffs</mark>" in out[-1] and "page 2" in out[-1]
 
 
 def test_vector_gate_keeps_a_noise_ranking_out_of_the_fusion():

@@ -396,3 +396,24 @@ def test_html_helpers_escape_untrusted_text():
         msg = error_text(e)
     assert msg.startswith("internal error: KeyError") and "Traceback" not in msg and "\n" not in msg
     assert error_text(BadQueryError("bad query")) == "bad query"
+
+
+def test_snippet_highlight_is_escaped_and_marks_only_the_query_words():
+    from imgrag.app.ui import detail_html, matches_html, snippet_html
+
+    snip = "Cormorants <img src=x onerror=alert(1)> nest & breed on cliffs"
+    spans = [(0, 10), (snip.index("cliffs"), len(snip))]  # "Cormorants", "cliffs"
+    h = snippet_html(snip, spans)
+    assert h == ("<mark>Cormorants</mark> &lt;img src=x onerror=alert(1)&gt; nest &amp; breed on "
+                 "<mark>cliffs</mark>")
+    assert snippet_html(snip, [(5, 3), (0, 999), ("a", 2), (1, 2, 3)]) == snippet_html(snip)  # bad spans ignored
+    assert "<mark>" not in snippet_html(snip) and "<img" not in snippet_html(snip)
+    items = [{"id": "/d/a.pdf#page=2", "path": "/d/a.pdf", "name": "<b>guide</b>.pdf", "score": 0.03, "page": 2,
+              "snippet": snip, "match_spans": [list(sp) for sp in spans]},
+             {"id": "/p/cat.jpg", "path": "/p/cat.jpg", "name": "cat.jpg", "score": 0.02, "page": None, "snippet": ""}]
+    m = matches_html(items)
+    assert "1. &lt;b&gt;guide&lt;/b&gt;.pdf · page 2</span>" in m and m.count("<li") == 1  # photos: no row
+    assert "<mark>Cormorants</mark>" in m and "<img" not in m and "<b>guide" not in m
+    assert matches_html(items[1:]) == ""
+    d = detail_html(items[0])
+    assert "<mark>cliffs</mark>" in d and "<img" not in d and "<th>page</th><td>2</td>" in d
