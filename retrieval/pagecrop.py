@@ -7,7 +7,8 @@ pixel density (:func:`locate`, :func:`render_crop`).
 
 - Pages with a text layer: PDFium's text search gives each occurrence of a question word with its
   character boxes; the crop is the window (:data:`CROP_W_FRAC` × :data:`CROP_H_FRAC` of the page) that
-  holds the most distinct question words (then the most occurrences).
+  holds the most distinct question words (then the most occurrences), grown where needed so those
+  words are whole.
 - Pages without a text layer (scans, OCR'd at indexing time; word boxes are not stored): when the
   page's stored text holds a question word, the window with the most ink on the page.
 - Otherwise (no question word on the page, rotated page, unreadable PDF): no crop.
@@ -79,8 +80,21 @@ def best_window(hits: list[tuple[str, float, float, float, float]]) -> Region | 
             win2, inside2 = win, inside
         key = (len({h[0] for h in inside2}), len(inside2))
         if best_key is None or key > best_key:
-            best, best_key = Region(win2, "question words", tuple(sorted({h[0] for h in inside2}))), key
+            best, best_key = Region(_grow(win2, inside2), "question words", tuple(sorted({h[0] for h in inside2}))), key
     return best
+
+
+#: Margin kept around the words a crop holds (fraction of the page).
+WORD_MARGIN = 0.02
+
+
+def _grow(win, hits) -> tuple[float, float, float, float]:
+    """``win`` grown to hold every one of ``hits`` whole, with a margin (a word whose centre is inside
+    but whose start is not, e.g. the start of a heading, is not cut)."""
+    return (max(0.0, min(win[0], min(h[1] for h in hits) - WORD_MARGIN)),
+            max(0.0, min(win[1], min(h[2] for h in hits) - WORD_MARGIN)),
+            min(1.0, max(win[2], max(h[3] for h in hits) + WORD_MARGIN)),
+            min(1.0, max(win[3], max(h[4] for h in hits) + WORD_MARGIN)))
 
 
 def _centre_in(h, win) -> bool:
