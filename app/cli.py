@@ -96,8 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     pi.add_argument("--dpi", type=float, default=150.0,
                     help="PDF pages: render resolution in dots per inch (default 150)")
     pi.add_argument("--page-tiles", type=_nonneg_int, default=2,
-                    help="PDF pages: square tiles embedded besides the whole padded page for tall pages, "
-                         "averaged into the page's vector (default 2; 0 = whole page only)")
+                    help="PDF pages: square tiles embedded besides the whole padded page for tall pages "
+                         "(dense text pages get a 2x2 grid instead), averaged into the page's vector "
+                         "(default 2; 0 = whole page only)")
     pi.add_argument("--ocr", action="store_true",
                     help="also OCR images (screenshots, scans) so their text is searchable (needs tesseract; "
                          "decodes at full size)")

@@ -13,11 +13,13 @@ Two corpora, each with questions whose answer page is known:
 
 Modes go through the real index (``imgrag.indexer`` + LanceDB with its full-text index) and
 ``imgrag.retrieval.queries.hybrid.search_documents``. Page-embedding variants (centre crop as for
-photos, padded page, padded page + tiles pooled by mean or by max) are compared in memory on the
-same rendered pages.
+photos, padded page, padded page + strip tiles or + a 2×2 grid on dense pages / on every page, pooled
+by mean, by per-dimension max, or scored by the best view) are compared in memory on the same
+rendered pages.
 
     python bench/docs_retrieval.py                 # both corpora (about 20 minutes on 2 busy CPU cores)
     python bench/docs_retrieval.py --corpus figures --json
+    python bench/docs_retrieval.py --corpus figures --layouts-only   # page-embedding variants only (~3 min)
 
 Needs: the ``lite`` and ``docs`` extras; ``apt-get download`` (r-doc-pdf is fetched into bench/.cache)
 or ``--rdoc-dir`` pointing at the extracted manuals.
@@ -191,16 +193,18 @@ def eval_layouts(emb, pdfs: list[Path], qs, dpi: float, max_tiles: int, batch: i
     keys: list[tuple[str, int]] = []
     crop, views, owner, kind = [], [], [], []  # kind: 0 padded page, 1 strip tile, 2 grid tile
     dense_pages = 0
+    dense_flags: list[bool] = []
     for p in pdfs:
         doc = pdfium.PdfDocument(str(p))
         for i in range(1, len(doc) + 1):
             img = render_page(doc, i, dpi=dpi)
             dense = is_dense(page_text(doc, i), img.width, img.height, dpi)
             dense_pages += dense
+            dense_flags.append(dense)
             keys.append((str(p), i))
             crop.append(tf(img))
             boxes = [(None, 0)] + [(b, 1) for b in tile_boxes(*img.size, max_tiles=max_tiles)]
-            if dense and max_tiles >= 2:
+            if max_tiles >= 2:  # grid tiles of every page (the indexer uses them on dense pages only)
                 boxes += [(b, 2) for b in grid_boxes(*img.size)]
             for b, k in boxes:
                 views.append(tf(pad_to_square(img if b is None else img.crop(b), cf)))
@@ -216,8 +220,7 @@ def eval_layouts(emb, pdfs: list[Path], qs, dpi: float, max_tiles: int, batch: i
     v_pad = v_views[kind == 0]
     n = len(keys)
     # the indexer's views: padded page + grid tiles for dense pages, + strip tiles otherwise
-    has_grid = np.zeros(n, bool)
-    has_grid[owner[kind == 2]] = True
+    has_grid = np.asarray(dense_flags, bool)
     used = (kind == 0) | ((kind == 2) & has_grid[owner]) | ((kind == 1) & ~has_grid[owner])
     strips = kind != 2
     q = emb.embed_texts([x for x, _, _ in qs])
@@ -231,17 +234,29 @@ def eval_layouts(emb, pdfs: list[Path], qs, dpi: float, max_tiles: int, batch: i
         v = np.stack([v_views[sel & (owner == i)].mean(0) for i in range(n)])
         return v / np.linalg.norm(v, axis=1, keepdims=True)
 
+    def elementwise_max_of(sel):  # one stored vector: the per-dimension max of the views' vectors
+        v = np.stack([v_views[sel & (owner == i)].max(0) for i in range(n)])
+        return v / np.linalg.norm(v, axis=1, keepdims=True)
+
     def max_of(sel):
         sims = np.full((len(qs), n), -np.inf, dtype=np.float32)
         np.maximum.at(sims.T, owner[sel], (q @ v_views[sel].T).T)
         return sims
+    grid_all = kind != 1
     out = {"centre crop (photo preprocessing)": recall(ranked_from(q @ v_crop.T), answers),
            "padded page": recall(ranked_from(q @ v_pad.T), answers),
            f"padded page + {max_tiles} strip tiles, mean": recall(ranked_from(q @ mean_of(strips).T), answers),
-           f"padded page + {max_tiles} strip tiles, max": recall(ranked_from(max_of(strips)), answers),
+           f"padded page + {max_tiles} strip tiles, max over views (one row per view)":
+               recall(ranked_from(max_of(strips)), answers),
            f"padded page + tiles (2x2 grid on {dense_pages} dense pages), mean (default)":
                recall(ranked_from(q @ mean_of(used).T), answers),
-           f"padded page + tiles (2x2 grid on {dense_pages} dense pages), max": recall(ranked_from(max_of(used)), answers)}
+           f"padded page + tiles (2x2 grid on {dense_pages} dense pages), elementwise max (one vector)":
+               recall(ranked_from(q @ elementwise_max_of(used).T), answers),
+           f"padded page + tiles (2x2 grid on {dense_pages} dense pages), max over views (one row per view)":
+               recall(ranked_from(max_of(used)), answers),
+           "padded page + 2x2 grid on every page, mean": recall(ranked_from(q @ mean_of(grid_all).T), answers),
+           "padded page + 2x2 grid on every page, max over views (one row per view)":
+               recall(ranked_from(max_of(grid_all)), answers)}
     return out
 
 
