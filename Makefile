@@ -1,5 +1,5 @@
 # imgrag — two commands on a fresh machine:
-#   make demo   set up .venv, index data/samples with the offline lite model, search, classify (then the UI once it exists)
+#   make demo   set up .venv, index data/samples with the offline lite model, search, classify, ask, then serve the UI
 #   make test   set up .venv and run the test suite
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -48,6 +48,8 @@ demo-index: install
 	$(VENV)/bin/imgrag search "a boat on the water" -k 3 --index $(DEMO_INDEX)
 	@echo; echo '$$ imgrag classify --labels "animal,food,vehicle,building,musical instrument,plant,outer space"'
 	$(VENV)/bin/imgrag classify --labels "animal,food,vehicle,building,musical instrument,plant,outer space" --limit 12 --index $(DEMO_INDEX)
+	@echo; echo '$$ imgrag ask "What is the rocket doing?"   (offline text-only generator: SmolLM2-135M)'
+	$(VENV)/bin/imgrag ask "What is the rocket doing?" --index $(DEMO_INDEX)
 
 demo: demo-index
 	@if [ -f app/ui.py ] && [ -z "$(NO_SERVE)" ]; then \
