@@ -46,7 +46,7 @@ table.imgrag-table { border-collapse: collapse; font-size: 0.92em; border: none;
 table.imgrag-table td, table.imgrag-table th { padding: 2px 12px 2px 0; text-align: left; vertical-align: top;
   border: none; border-bottom: 1px solid #e5e7eb; }
 .imgrag-matches { font-size: 0.92em; line-height: 1.5; }
-.imgrag-matches ol { margin: 0.2em 0 0 1.2em; padding: 0; }
+.imgrag-matches ol { margin: 0.2em 0 0 0; padding: 0; list-style: none; }
 .imgrag-match-src { font-weight: 600; }
 .imgrag-snippet mark { background: #fde68a; padding: 0 1px; }
 """

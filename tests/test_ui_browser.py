@@ -282,3 +282,46 @@ def test_no_request_leaves_the_server(browser_page, site):
     allowed = (site["server"].url, "data:", "blob:")
     outside = sorted({u for u in requests if not u.startswith(allowed)})
     assert outside == [], outside
+
+
+def test_document_results_show_page_and_highlighted_escaped_snippet(tmp_path):
+    """Its own server on a lite index of one generated PDF: the Text matches panel names the document and
+    page, marks the query's words with <mark>, and shows HTML from the page text as text."""
+    fpdf = pytest.importorskip("fpdf")
+    pytest.importorskip("pypdfium2")
+    from playwright.sync_api import sync_playwright
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    pdf = fpdf.FPDF(format="A4")
+    for text in ["Introduction to the guide", "Cormorants nest on the sea cliffs <img src=x onerror=window.__xss=1>",
+                 "Index of terms"]:
+        pdf.add_page()
+        pdf.set_font("helvetica", size=12)
+        pdf.set_xy(15, 20)
+        pdf.multi_cell(180, 6, text)
+    pdf.output(str(docs / "guide.pdf"))
+    idx = tmp_path / "idx"
+    build_lite_index(docs, idx)
+    server = Server(idx, cache=tmp_path / "cache", log=SHOTS / "serve-docs.log")
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+                "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--no-first-run"])
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.set_default_timeout(120_000)
+            page.goto(server.url)
+            page.wait_for_selector("#search-query textarea, #search-query input")
+            _search(page, "cormorants cliffs")
+            page.wait_for_selector("#search-matches mark")
+            first = page.locator("#search-matches li").first
+            assert "guide.pdf · page 2" in first.inner_text()
+            assert page.locator("#search-matches li").first.locator("mark").all_inner_texts() == ["Cormorants", "cliffs"]
+            assert "<img src=x onerror=window.__xss=1>" in first.inner_text()  # page text shown as text
+            assert page.locator("#search-matches img").count() == 0
+            assert page.evaluate("() => window.__xss") is None
+            page.screenshot(path=str(SHOTS / "search-document-matches.png"), full_page=True)
+            browser.close()
+    finally:
+        server.stop()
