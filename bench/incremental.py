@@ -6,7 +6,7 @@ and times each process end to end; the index's own report (``--json``) gives the
 
 The default model is a tiny random-init open_clip config, so the first run takes well under a
 minute; with a real model the first run is far longer while the rerun stays the same, so the ratio
-only gets better (``--model lite`` measures it with the offline model: ~10 minutes on 2 cores).
+only gets better (``--model lite`` measures it with the offline model; its first run is long on a CPU).
 
     python bench/incremental.py                     # 10,000 images, tiny model, LanceDB
     python bench/incremental.py --model lite --store faiss

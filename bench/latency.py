@@ -13,7 +13,7 @@
 The N-item index holds N synthetic clustered unit vectors of the lite model's dimension (bench/
 search_scale.py's generator) with realistic metadata rows, written through the store like the
 indexer does, then ``optimize()``-d (so LanceDB builds its ANN index exactly as after `imgrag index`).
-Embedding 100k real photos with the lite model would take ~1.5 h on 2 cores, and search cost
+Embedding 100k real photos with the lite model would take hours on 2 cores, and search cost
 does not depend on what the vectors depict.
 
     python bench/latency.py                          # 100,000 items, LanceDB (default store) and FAISS

@@ -9,8 +9,7 @@ JPEGs (640×480, real photos with varied crop/flip/exposure, q90) into a new ind
 - the largest decode worker's peak RSS (``getrusage(RUSAGE_CHILDREN)``).
 
 The default model is a tiny random-init open_clip config (tests/model_configs) so that decoding and
-the store, not the model, dominate and 32k images take about a minute; ``--model lite`` uses the
-offline model (slower: ~20 img/s on 2 cores).
+the store, not the model, dominate; ``--model lite`` uses the offline model (much slower).
 
     python bench/memory.py                          # 2000,10000,20000 images, tiny model, LanceDB
     python bench/memory.py --sizes 2000,20000,50000 --store faiss

@@ -20,7 +20,7 @@ count, 8 dimensions per PQ sub-vector, refine factor, nprobes, ef); FAISS with t
 docs/stores.md recommends, nlist ≈ √N.
 
     python bench/search_scale.py                          # CI scale: 100,000 vectors
-    python bench/search_scale.py --n 1000000              # the issue's scale (~35 min on 2 cores)
+    python bench/search_scale.py --n 1000000              # the issue's scale (LanceDB builds take many minutes)
     python bench/search_scale.py --n 1000000 --configs faiss-hnsw32-sq8,lance-ivf_pq
 """
 
