@@ -4,7 +4,7 @@ Runs the real CLI twice in fresh processes over the same folders (small real-pho
 and times each process end to end; the index's own report (``--json``) gives the time inside
 ``build_index`` and its stages. Goal: the rerun takes at most 2% of the first run.
 
-The default model is a tiny random-init open_clip config, so the first run takes well under a
+The default model is a tiny random-init open_clip config, so the first run takes about a
 minute; with a real model the first run is far longer while the rerun stays the same, so the ratio
 only gets better (``--model lite`` measures it with the offline model; its first run is long on a CPU).
 
