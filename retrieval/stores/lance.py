@@ -65,8 +65,9 @@ class LanceStore(VectorStore):
 
     Options (the index manifest's ``store_options``):
 
-    - ``ann``: ``"ivf_pq"`` (default; compact, exact re-ranking of candidates), ``"ivf_hnsw_sq"``
-      (larger, higher recall) or ``"none"`` (always exact).
+    - ``ann``: ``"ivf_hnsw_sq"`` (default: on 1M clustered 512-d vectors recall@10 0.989 at 3.2 ms
+      per query, 687 MiB; bench/search_scale.py), ``"ivf_pq"`` (compact, exact re-ranking of
+      candidates, but recall@10 0.66 at 1M with the same data) or ``"none"`` (always exact).
     - ``ann_min_rows``: build the ANN index in :meth:`optimize` once the table has this many rows
       (default 50 000; below that exact search is fast enough).
     - ``nprobes`` (IVF partitions searched, default 20; more are searched automatically when a
@@ -83,7 +84,7 @@ class LanceStore(VectorStore):
 
     kind = "lancedb"
 
-    def __init__(self, root: Path | str, dim: int, *, ann: str = "ivf_pq", ann_min_rows: int = 50_000,
+    def __init__(self, root: Path | str, dim: int, *, ann: str = "ivf_hnsw_sq", ann_min_rows: int = 50_000,
                  nprobes: int = 20, refine_factor: int | None = None, ef: int | None = None,
                  exact_filter_rows: int = 20_000, keep_versions_s: float = 600.0,
                  consistency_s: float | None = 1.0, **unknown: Any) -> None:
