@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     common.add_argument("--debug", action="store_true", help="show tracebacks for errors")
 
-    p = argparse.ArgumentParser(prog="imgrag", description="Search and classify image collections by meaning (CLIP/SigLIP embeddings in LanceDB or FAISS).")
+    p = argparse.ArgumentParser(prog="imgrag", description="Search, classify and ask questions about image and PDF collections by meaning (CLIP/SigLIP embeddings in LanceDB or FAISS; answers from a vision-language model, citing the images).")
     p.add_argument("--version", action="version", version=f"imgrag {_version()}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
