@@ -36,22 +36,29 @@ def site(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def browser_page(site):
+def chromium():
+    """One Chromium per module: Playwright's sync API allows one running instance per thread."""
     from playwright.sync_api import sync_playwright
 
     SHOTS.mkdir(parents=True, exist_ok=True)
-    requests: list[str] = []
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=[
             "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
             "--disable-component-update", "--disable-sync", "--no-first-run"])
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        page.on("request", lambda r: requests.append(r.url))
-        page.set_default_timeout(120_000)
-        page.goto(site["server"].url)
-        page.wait_for_selector("#search-query textarea, #search-query input")
-        yield page, requests
+        yield browser
         browser.close()
+
+
+@pytest.fixture(scope="module")
+def browser_page(site, chromium):
+    requests: list[str] = []
+    page = chromium.new_page(viewport={"width": 1280, "height": 900})
+    page.on("request", lambda r: requests.append(r.url))
+    page.set_default_timeout(120_000)
+    page.goto(site["server"].url)
+    page.wait_for_selector("#search-query textarea, #search-query input")
+    yield page, requests
+    page.close()
 
 
 def _tab(page, name: str) -> None:
@@ -284,12 +291,11 @@ def test_no_request_leaves_the_server(browser_page, site):
     assert outside == [], outside
 
 
-def test_document_results_show_page_and_highlighted_escaped_snippet(tmp_path):
+def test_document_results_show_page_and_highlighted_escaped_snippet(tmp_path, chromium):
     """Its own server on a lite index of one generated PDF: the Text matches panel names the document and
     page, marks the query's words with <mark>, and shows HTML from the page text as text."""
     fpdf = pytest.importorskip("fpdf")
     pytest.importorskip("pypdfium2")
-    from playwright.sync_api import sync_playwright
 
     docs = tmp_path / "docs"
     docs.mkdir()
@@ -305,23 +311,19 @@ def test_document_results_show_page_and_highlighted_escaped_snippet(tmp_path):
     build_lite_index(docs, idx)
     server = Server(idx, cache=tmp_path / "cache", log=SHOTS / "serve-docs.log")
     try:
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-                "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--no-first-run"])
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.set_default_timeout(120_000)
-            page.goto(server.url)
-            page.wait_for_selector("#search-query textarea, #search-query input")
-            _search(page, "cormorants cliffs")
-            page.wait_for_selector("#search-matches mark")
-            first = page.locator("#search-matches li").first
-            assert "guide.pdf · page 2" in first.inner_text()
-            assert page.locator("#search-matches li").first.locator("mark").all_inner_texts() == ["Cormorants", "cliffs"]
-            assert "<img src=x onerror=window.__xss=1>" in first.inner_text()  # page text shown as text
-            assert page.locator("#search-matches img").count() == 0
-            assert page.evaluate("() => window.__xss") is None
-            page.screenshot(path=str(SHOTS / "search-document-matches.png"), full_page=True)
-            browser.close()
+        page = chromium.new_page(viewport={"width": 1280, "height": 900})
+        page.set_default_timeout(120_000)
+        page.goto(server.url)
+        page.wait_for_selector("#search-query textarea, #search-query input")
+        _search(page, "cormorants cliffs")
+        page.wait_for_selector("#search-matches mark")
+        first = page.locator("#search-matches li").first
+        assert "guide.pdf · page 2" in first.inner_text()
+        assert page.locator("#search-matches li").first.locator("mark").all_inner_texts() == ["Cormorants", "cliffs"]
+        assert "<img src=x onerror=window.__xss=1>" in first.inner_text()  # page text shown as text
+        assert page.locator("#search-matches img").count() == 0
+        assert page.evaluate("() => window.__xss") is None
+        page.screenshot(path=str(SHOTS / "search-document-matches.png"), full_page=True)
+        page.close()
     finally:
         server.stop()

@@ -116,14 +116,14 @@ def test_path_traversal_cannot_read_anything_else(site):
 def test_search_api_and_query_image_terms(site):
     srv, secret = site["server"], site["secret"]
     out = gradio_call(srv.url, "search", ["a photo", 3, 0, False, "", "", ""])
-    gal, status = out[0], out[-1]
+    gal, status = out[0], out[-2]  # outputs end with the status line, then the document text matches
     assert len(gal) == 3 and "3 result(s)" in status
     for g in gal:  # gallery images are thumbnails from the cache, fetchable
         st, body, _ = http_get(g["image"]["url"])
         assert st == 200 and body[:3] == b"\xff\xd8\xff" and "/imgrag/thumbs/" in g["image"]["url"]
     # a query naming a non-indexed file is refused with a message (and reads nothing)
     out = gradio_call(srv.url, "search", [f"image:{secret}", 3, 0, False, "", "", ""])
-    assert out[0] == [] and "indexed image" in out[-1] and "imgrag-error" in out[-1]
+    assert out[0] == [] and "indexed image" in out[-2] and "imgrag-error" in out[-2]
 
 
 def _upload(url: str, data: bytes, name: str) -> tuple[int, bytes]:
