@@ -143,6 +143,15 @@ class _HTTPGenerator(Generator):
     def _prompt(self, question: str, items: list[EvidenceItem]):
         return build_prompt(question, items, text_only=False)
 
+    def _image_block(self, b64_jpeg: str) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _user_content(self, prompt, items: list[EvidenceItem]) -> list[dict[str, Any]]:
+        """The prompt's parts in order: text blocks, and each image slot as this API's base64 JPEG block."""
+        by_n = {it.n: it for it in items}
+        return [self._image_block(image_to_base64_jpeg(slot_image(by_n, part))) if isinstance(part, ImageSlot)
+                else {"type": "text", "text": part} for part in prompt.parts]
+
 
 class AnthropicGenerator(_HTTPGenerator):
     """Claude through the Messages API (``POST {ANTHROPIC_BASE_URL}/v1/messages``)."""
@@ -156,16 +165,12 @@ class AnthropicGenerator(_HTTPGenerator):
     max_images = 20
     image_size = 1024
 
+    def _image_block(self, b64_jpeg: str) -> dict[str, Any]:
+        return {"type": "image", "source": {"type": "base64", "media_type": "image/jpeg", "data": b64_jpeg}}
+
     def request_body(self, question: str, items: list[EvidenceItem]) -> dict[str, Any]:
         p = self._prompt(question, items)
-        by_n = {it.n: it for it in items}
-        content: list[dict[str, Any]] = []
-        for part in p.parts:
-            if isinstance(part, ImageSlot):
-                content.append({"type": "image", "source": {"type": "base64", "media_type": "image/jpeg",
-                                                            "data": image_to_base64_jpeg(slot_image(by_n, part))}})
-            else:
-                content.append({"type": "text", "text": part})
+        content = self._user_content(p, items)
         return {"model": self.model, "max_tokens": self.max_tokens, "system": p.system, "stream": True,
                 "messages": [{"role": "user", "content": content}]}
 
@@ -199,16 +204,12 @@ class OpenAIGenerator(_HTTPGenerator):
     max_images = 16
     image_size = 1024
 
+    def _image_block(self, b64_jpeg: str) -> dict[str, Any]:
+        return {"type": "image_url", "image_url": {"url": "data:image/jpeg;base64," + b64_jpeg}}
+
     def request_body(self, question: str, items: list[EvidenceItem]) -> dict[str, Any]:
         p = self._prompt(question, items)
-        by_n = {it.n: it for it in items}
-        content: list[dict[str, Any]] = []
-        for part in p.parts:
-            if isinstance(part, ImageSlot):
-                url = "data:image/jpeg;base64," + image_to_base64_jpeg(slot_image(by_n, part))
-                content.append({"type": "image_url", "image_url": {"url": url}})
-            else:
-                content.append({"type": "text", "text": part})
+        content = self._user_content(p, items)
         return {"model": self.model, "max_completion_tokens": self.max_tokens, "stream": True,
                 "messages": [{"role": "system", "content": p.system}, {"role": "user", "content": content}]}
 

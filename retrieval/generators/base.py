@@ -68,3 +68,31 @@ from imgrag.retrieval.errors import ImgragError  # noqa: E402
 
 class GeneratorError(ImgragError):
     """A generator failed in a way the user can act on (bad key, rate limit, server error, model)."""
+
+
+def generate_streaming(model, kwargs: dict, streamer, lock, thread_name: str) -> Iterator[str]:
+    """Run ``model.generate(**kwargs)`` (kwargs carry ``streamer``, a transformers TextIteratorStreamer) in a
+    thread under ``lock`` and yield its text as it comes; an exception in the generating thread ends the
+    stream and is re-raised here, in the consumer."""
+    import threading
+
+    import torch
+
+    err: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            with lock, torch.inference_mode():
+                model.generate(**kwargs)
+        except BaseException as e:  # noqa: BLE001 - re-raised in the consumer
+            err.append(e)
+            streamer.end()
+
+    th = threading.Thread(target=run, name=thread_name, daemon=True)
+    th.start()
+    try:
+        yield from streamer
+    finally:
+        th.join()
+    if err:
+        raise err[0]

@@ -17,7 +17,7 @@ import threading
 from typing import TYPE_CHECKING, Any, Iterator
 
 from imgrag.retrieval.errors import ModelUnavailableError
-from imgrag.retrieval.generators.base import EvidenceItem, Generator, GeneratorError
+from imgrag.retrieval.generators.base import EvidenceItem, Generator, GeneratorError, generate_streaming
 from imgrag.retrieval.generators.prompt import ImageSlot, build_prompt
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -275,24 +275,7 @@ class HFGenerator(Generator):
         gen_kw = dict(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False, streamer=streamer)
         if getattr(tok, "pad_token_id", None) is None and getattr(tok, "eos_token_id", None) is not None:
             gen_kw["pad_token_id"] = tok.eos_token_id
-        err: list[BaseException] = []
-
-        def run() -> None:
-            try:
-                with self._lock, torch.inference_mode():
-                    self._model.generate(**gen_kw)
-            except BaseException as e:  # noqa: BLE001 - re-raised in the consumer
-                err.append(e)
-                streamer.end()
-
-        th = threading.Thread(target=run, name="hf-generate", daemon=True)
-        th.start()
         try:
-            yield from streamer
-        finally:
-            th.join()
-        if err:
-            e = err[0]
-            if isinstance(e, (RuntimeError, ValueError)):
-                raise GeneratorError(f"{self.name}: generation failed: {' '.join(str(e).split())[:300]}") from e
-            raise e
+            yield from generate_streaming(self._model, gen_kw, streamer, self._lock, "hf-generate")
+        except (RuntimeError, ValueError) as e:
+            raise GeneratorError(f"{self.name}: generation failed: {' '.join(str(e).split())[:300]}") from e

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Iterator
 
 from imgrag.retrieval.errors import ModelUnavailableError
-from imgrag.retrieval.generators.base import EvidenceItem, Generator
+from imgrag.retrieval.generators.base import EvidenceItem, Generator, generate_streaming
 from imgrag.retrieval.generators.prompt import NOT_SHOWN, build_small_prompt, pick_evidence
 
 log = logging.getLogger(__name__)
@@ -126,7 +126,6 @@ class SmolLMGenerator(Generator):
         yield from self._sentences(self._generate_stream(msgs))
 
     def _generate_stream(self, messages: list[dict]) -> Iterator[str]:
-        import torch
         from transformers import TextIteratorStreamer
 
         tok, model = self._tok, self._model
@@ -135,24 +134,7 @@ class SmolLMGenerator(Generator):
         streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True, timeout=600)
         kwargs = dict(**enc, max_new_tokens=self.max_new_tokens, do_sample=False, repetition_penalty=1.15,
                       bad_words_ids=self._bad_words, streamer=streamer, pad_token_id=tok.eos_token_id)
-        err: list[BaseException] = []
-
-        def run() -> None:
-            try:
-                with self._gen_lock, torch.inference_mode():
-                    model.generate(**kwargs)
-            except BaseException as e:  # noqa: BLE001 - re-raised in the consumer thread
-                err.append(e)
-                streamer.end()
-
-        th = threading.Thread(target=run, name="smollm2-generate", daemon=True)
-        th.start()
-        try:
-            yield from streamer
-        finally:
-            th.join()
-        if err:
-            raise err[0]
+        yield from generate_streaming(model, kwargs, streamer, self._gen_lock, "smollm2-generate")
 
     @staticmethod
     def _sentences(chunks: Iterator[str]) -> Iterator[str]:
