@@ -47,6 +47,17 @@ def _sql_str(s: str) -> str:
     return "'" + str(s).replace("'", "''") + "'"
 
 
+def _where(filters: Filters | None, exclude_ids: Sequence[str]) -> str | None:
+    """SQL predicate for a search: the filters, and no row whose id is excluded; None when unrestricted."""
+    clauses = []
+    if filters is not None and not filters.is_empty():
+        clauses.append(filters.to_sql())
+    excl = list(dict.fromkeys(str(i) for i in exclude_ids))
+    if excl:
+        clauses.append("NOT " + _in_list(excl))
+    return " AND ".join(f"({c})" for c in clauses) if clauses else None
+
+
 def _in_list(ids: Sequence[str]) -> str:
     return "id IN (" + ", ".join(_sql_str(i) for i in ids) + ")"
 
@@ -208,16 +219,11 @@ class LanceStore(VectorStore):
             return []
         if self._fts_index() is None:  # no index yet (nothing indexed with text, or an older index)
             return super().text_search(query, k, filters=filters, exclude_ids=exclude_ids)
-        clauses = []
-        if filters is not None and not filters.is_empty():
-            clauses.append(filters.to_sql())
-        excl = list(dict.fromkeys(str(i) for i in exclude_ids))
-        if excl:
-            clauses.append("NOT " + _in_list(excl))
+        sql = _where(filters, exclude_ids)
         qb = (self._tbl.search(str(query), query_type="fts", fts_columns="text")
               .limit(int(k)).select([*META_COLUMNS, "_score"]))
-        if clauses:
-            qb = qb.where(" AND ".join(f"({c})" for c in clauses), prefilter=True)
+        if sql:
+            qb = qb.where(sql, prefilter=True)
         try:
             res = qb.to_arrow()
         except (RuntimeError, ValueError) as e:
@@ -293,13 +299,7 @@ class LanceStore(VectorStore):
         nq = q.shape[0]
         if k <= 0 or nq == 0:
             return [[] for _ in range(nq)]
-        clauses = []
-        if filters is not None and not filters.is_empty():
-            clauses.append(filters.to_sql())
-        excl = list(dict.fromkeys(str(i) for i in exclude_ids))
-        if excl:
-            clauses.append("NOT " + _in_list(excl))
-        sql = " AND ".join(f"({c})" for c in clauses) if clauses else None
+        sql = _where(filters, exclude_ids)
         qb = (self._tbl.search(q if nq > 1 else q[0], vector_column_name="vector")
               .distance_type("dot").limit(int(k)).select([*META_COLUMNS, "_distance"]))
         if sql:
@@ -360,7 +360,7 @@ class LanceStore(VectorStore):
         return pa.concat_tables(parts) if len(parts) > 1 else parts[0]
 
     def disk_size(self) -> int:
-        return self.location.size() if self.location.remote else _dir_size(self.root)
+        return self.location.size()
 
     @property
     def table_uri(self) -> str:
@@ -406,16 +406,6 @@ def _ann_from_name(name: str) -> str | None:
             return a
     return None
 
-
-def _dir_size(root: Path) -> int:
-    total = 0
-    for dirpath, _dirs, files in os.walk(root):
-        for f in files:
-            try:
-                total += os.lstat(os.path.join(dirpath, f)).st_size
-            except OSError:
-                pass
-    return total
 
 
 def _short(e: BaseException) -> str:
