@@ -116,13 +116,19 @@ def page_count(path: str) -> int:
     return n
 
 
+def _load_page(doc, page: int):
+    """1-based ``page`` of an open document (the caller closes it); PdfError if it cannot be loaded."""
+    pdfium = _pdfium()
+    try:
+        return doc[page - 1]
+    except (IndexError, pdfium.PdfiumError) as e:
+        raise PdfError(f"page {page} cannot be loaded ({e})") from None
+
+
 def render_page(doc, page: int, dpi: float = DEFAULT_DPI, max_pixels: int = MAX_PAGE_PIXELS) -> "Image.Image":
     """Render 1-based ``page`` of an open document as an RGB PIL image (white background)."""
     pdfium = _pdfium()
-    try:
-        p = doc[page - 1]
-    except (IndexError, pdfium.PdfiumError) as e:
-        raise PdfError(f"page {page} cannot be loaded ({e})") from None
+    p = _load_page(doc, page)
     try:
         w_pt, h_pt = p.get_size()
         if not (w_pt > 0 and h_pt > 0 and math.isfinite(w_pt) and math.isfinite(h_pt)):
@@ -148,10 +154,7 @@ def render_page(doc, page: int, dpi: float = DEFAULT_DPI, max_pixels: int = MAX_
 def page_text(doc, page: int, max_chars: int = MAX_TEXT_CHARS) -> str:
     """The page's embedded text layer (may be empty for scanned / image-only pages)."""
     pdfium = _pdfium()
-    try:
-        p = doc[page - 1]
-    except (IndexError, pdfium.PdfiumError) as e:
-        raise PdfError(f"page {page} cannot be loaded ({e})") from None
+    p = _load_page(doc, page)
     try:
         tp = p.get_textpage()
         try:
