@@ -125,8 +125,6 @@ def build_index(index: Index, roots: Iterable[str | Path], options: IndexOptions
 
 
 def _run(index: Index, roots: list[str], opts: IndexOptions, progress) -> IndexReport:
-    import torch
-
     t_start = time.perf_counter()
     rep = IndexReport(roots=roots)
     store = index.store
@@ -257,6 +255,8 @@ def _run(index: Index, roots: list[str], opts: IndexOptions, progress) -> IndexR
 
     try:
         if work:
+            import torch  # noqa: F401 — imported in the parent before DataLoader forks its workers
+
             emb = index.embedder
             transform = emb.image_transform()  # loads the model
             draft = emb.image_size if opts.draft else None
@@ -335,7 +335,6 @@ def _run(index: Index, roots: list[str], opts: IndexOptions, progress) -> IndexR
     rep.skipped = [s for s in run_skips]
     rep.total_items = store.count()
     rep.seconds["total"] = time.perf_counter() - t_start
-    torch  # keep the import (DataLoader needs torch imported in the parent before forking)
     return rep
 
 
@@ -361,8 +360,16 @@ class _Range:
         return self.ds[self.start + i]
 
 
+#: What a DataLoader raises when a worker dies: torch's RuntimeError("DataLoader worker ... exited"), or,
+#: when the worker dies while handing a batch over through a shared file descriptor, the connection error
+#: (or EOF) of that hand-over.
+_WORKER_DEATH = (RuntimeError, ConnectionError, EOFError)
+
+
 def _worker_died(e: BaseException) -> bool:
-    return isinstance(e, RuntimeError) and "DataLoader worker" in str(e)
+    if isinstance(e, RuntimeError):
+        return "DataLoader worker" in str(e)
+    return isinstance(e, (ConnectionError, EOFError))
 
 
 def decoded_batches(ds: DecodeDataset, batch_size: int, workers: int, pin_memory: bool = False):
@@ -394,7 +401,7 @@ def decoded_batches(ds: DecodeDataset, batch_size: int, workers: int, pin_memory
                 start += len(batch[0])
                 yield batch
             return
-        except RuntimeError as e:
+        except _WORKER_DEATH as e:
             if not _worker_died(e):
                 raise
             log.warning("a decode worker died (%s); finding the file that crashed it", e)
@@ -406,7 +413,7 @@ def decoded_batches(ds: DecodeDataset, batch_size: int, workers: int, pin_memory
                 for batch in iso:  # one file at a time: the worker only holds the file asked for
                     start += 1
                     yield batch
-            except RuntimeError as e:
+            except _WORKER_DEATH as e:
                 if not _worker_died(e):
                     raise
                 log.warning("decoder crashed on %s", ds.work[start].path)

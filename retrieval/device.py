@@ -14,6 +14,8 @@ PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 
 def resolve_device(device: str = "auto") -> str:
     """``auto`` → ``cuda`` if available, else ``mps``, else ``cpu``; explicit names are checked."""
+    if device == "cpu":
+        return device  # without importing torch
     import torch
 
     if device == "auto":

@@ -102,7 +102,7 @@ class Index:
     """Opens an index directory; the store and the embedder are created lazily on first use."""
 
     def __init__(self, root: Path | str, manifest: Manifest, device: str = "auto", precision: str = "auto",
-                 embedder=None) -> None:
+                 embedder=None, embedder_factory=None) -> None:
         self.location = Location(root)
         self.root = self.location.root  # a Path for a local folder, the URI string for object storage
         self.manifest = manifest
@@ -110,6 +110,8 @@ class Index:
         self._precision = precision
         self._store: VectorStore | None = None
         self._embedder = embedder
+        # create_or_open with a factory: built and checked against the manifest on first use
+        self._embedder_factory = embedder_factory
 
     # -- construction ---------------------------------------------------------------------------
     @classmethod
@@ -124,7 +126,13 @@ class Index:
     @classmethod
     def create_or_open(cls, root: Path | str | None, embedder, store: str = "lancedb",
                        store_options: dict[str, Any] | None = None, rebuild: bool = False) -> "Index":
-        """Open the index at ``root`` checking it matches ``embedder``; create it if absent."""
+        """Open the index at ``root`` checking it matches ``embedder``; create it if absent.
+
+        ``embedder`` is an embedder or a zero-argument callable that builds one. With a callable and an
+        existing index, the embedder is built and checked against the manifest only when something
+        needs embedding (:attr:`embedder`), so a re-run with nothing new never loads the model.
+        """
+        factory = embedder if callable(embedder) and not hasattr(embedder, "fingerprint") else None
         loc = Location(root if root is not None else default_index_dir())
         root = loc.root
         if store not in STORES:
@@ -152,8 +160,12 @@ class Index:
                 raise IndexMismatchError(
                     f"index {root} uses the {manifest.store} store, not {store}; "
                     f"use --store {manifest.store}, another --index, or --rebuild")
+            if factory is not None:
+                return cls(root, manifest, embedder_factory=factory)
             check_compatible(manifest, embedder, root)
             return cls(root, manifest, embedder=embedder)
+        if factory is not None:
+            embedder = factory()
         loc.mkdir()
         manifest = Manifest(model=embedder.model_id, dim=embedder.dim, store=store,
                             fingerprint=embedder.fingerprint(), store_options=dict(store_options or {}))
@@ -175,9 +187,14 @@ class Index:
     @property
     def embedder(self):
         if self._embedder is None:
-            from imgrag.retrieval.embedders import load_embedder
+            if self._embedder_factory is not None:
+                emb = self._embedder_factory()
+                check_compatible(self.manifest, emb, self.root)
+                self._embedder = emb
+            else:
+                from imgrag.retrieval.embedders import load_embedder
 
-            self._embedder = load_embedder(self.manifest.model, device=self._device, precision=self._precision)
+                self._embedder = load_embedder(self.manifest.model, device=self._device, precision=self._precision)
         return self._embedder
 
     # -- skipped files --------------------------------------------------------------------------

@@ -106,3 +106,21 @@ def test_cli_subprocess_and_help(tmp_path, sample_images, tiny_model_configs):
     r = subprocess.run([str(exe), "search", "cat", "--index", str(idx), "-k", "0"], capture_output=True, text=True,
                        env=env, timeout=60)
     assert r.returncode == 2 and "must be at least 1" in r.stderr
+
+
+def test_unchanged_rerun_never_loads_the_model(tmp_path, sample_images, tiny_model_configs, capsys):
+    """`imgrag index` on an unchanged collection reads the manifest and the file list only: no torch,
+    no open_clip (BENCHMARKS.md, incremental re-index); a changed --model is still refused at once."""
+    coll, idx = sample_images[0].parent, tmp_path / "idx"
+    assert main(["index", str(coll), "--index", str(idx), "--model", MODEL, "--workers", "0"]) == 0
+    code = ("import sys, json; from imgrag.app.cli import main; rc = main(sys.argv[1:]); "
+            "print(json.dumps([rc, sorted(m for m in ('torch', 'open_clip') if m in sys.modules)]))")
+    r = subprocess.run([sys.executable, "-c", code, "index", str(coll), "--index", str(idx)],
+                       capture_output=True, text=True, timeout=120, env=dict(os.environ))
+    assert r.returncode == 0, r.stderr
+    assert "0 new/changed images" in r.stdout and "5 unchanged" in r.stdout
+    assert json.loads(r.stdout.strip().splitlines()[-1]) == [0, []]
+    capsys.readouterr()
+    assert main(["index", str(coll), "--index", str(idx), "--model", "imgrag-tiny-siglip"]) == 2
+    assert "was built with model 'imgrag-tiny-clip'" in capsys.readouterr().err
+

@@ -182,6 +182,40 @@ def test_model_mismatch_refused(tmp_path, store_kind):
         open_index(tmp_path, "faiss" if store_kind == "lancedb" else "lancedb", FakeEmbedder("fake-a"))
 
 
+class _OtherWeights(FakeEmbedder):
+    def fingerprint(self) -> dict:
+        return {**super().fingerprint(), "weights": "other"}
+
+
+def test_existing_index_builds_and_checks_the_model_only_when_something_needs_embedding(tmp_path, store_kind):
+    coll = tmp_path / "photos"
+    make_collection(coll, n=6)
+    build_index(open_index(tmp_path, store_kind), [coll], OPTS)
+    built: list[str] = []
+
+    def factory(cls=FakeEmbedder):
+        built.append(cls.__name__)
+        return cls()
+
+    # nothing changed: the model is never built
+    idx = Index.create_or_open(tmp_path / "idx", factory, store=store_kind)
+    rep = build_index(idx, [coll], OPTS)
+    assert (rep.unchanged, rep.embedded, built) == (6, 0, [])
+    # a new file with a model whose weights differ from the index's: refused before anything is written
+    make_collection(coll / "new", n=1, seed=5)
+    idx = Index.create_or_open(tmp_path / "idx", lambda: factory(_OtherWeights), store=store_kind)
+    with pytest.raises(IndexMismatchError, match="different weights"):
+        build_index(idx, [coll], OPTS)
+    assert built == ["_OtherWeights"] and Index.open(tmp_path / "idx").store.count() == 6
+    # the matching model is built once, on first use
+    idx = Index.create_or_open(tmp_path / "idx", factory, store=store_kind)
+    rep = build_index(idx, [coll], OPTS)
+    assert (rep.embedded, built[1:]) == (1, ["FakeEmbedder"]) and idx.store.count() == 7
+    # a new index built from a factory builds the model at once (the manifest needs its fingerprint)
+    Index.create_or_open(tmp_path / "fresh", factory, store=store_kind)
+    assert built[2:] == ["FakeEmbedder"]
+
+
 def test_workers_decode_in_parallel_same_result(tmp_path):
     coll = tmp_path / "p"
     make_collection(coll, n=10)

@@ -164,6 +164,35 @@ def test_text_embeddings_shape_norm_determinism(emb):
     assert np.allclose(emb.embed_texts("a cat"), a[:1], atol=1e-6)
 
 
+def test_numpy_minilm_matches_sentence_transformers(emb):
+    """The NumPy text tower (no torch on a query) equals the sentence-transformers reference path."""
+    from sentence_transformers import SentenceTransformer
+
+    texts = lite.class_texts("lemmas")[::10] + [
+        "a cat", "", "   ", "x " * 600,  # truncated at 256 tokens, as sentence-transformers does
+        "Ünïcödé 東京 😀 photo", "a photo of a dog on the beach at sunset", "[CLS] [SEP] [PAD] [MASK]"]
+    ref = SentenceTransformer(str(lite._text_model_dir()), device="cpu").encode(
+        texts, batch_size=7, normalize_embeddings=True, convert_to_numpy=True)
+    got = emb.embed_texts(texts)
+    assert got.shape == ref.shape == (len(texts), 384)
+    assert np.abs(got - ref).max() < 1e-5
+    assert (got * ref).sum(1).min() > 0.99999
+
+
+def test_text_query_imports_neither_torch_nor_transformers(cache_dir):
+    import subprocess
+    import sys
+
+    code = ("import sys, json; from imgrag.retrieval.embedders import load_embedder; "
+            "v = load_embedder('lite').embed_texts(['a cat']); "
+            "print(json.dumps([v.shape[1], sorted(m for m in ('torch', 'transformers', 'sentence_transformers') "
+            "if m in sys.modules)]))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "IMGRAG_CACHE_DIR": str(cache_dir)})
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == [384, []]
+
+
 def test_image_embeddings_shape_norm_determinism_batching(emb, photos, photo_vecs):
     import torch
 

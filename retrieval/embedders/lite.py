@@ -321,43 +321,6 @@ def _save_cached(path: Path, arr: np.ndarray) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _quiet_offline_hf():
-    """No hub access and no progress bars while the packaged MiniLM loads (it is a local directory)."""
-    saved_env = {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    os.environ["TRANSFORMERS_OFFLINE"] = "1"
-    restore_const = None
-    restore_bar = None
-    try:
-        try:
-            from huggingface_hub import constants
-
-            restore_const = constants.HF_HUB_OFFLINE
-            constants.HF_HUB_OFFLINE = True
-        except ImportError:  # pragma: no cover
-            constants = None
-        try:
-            from transformers.utils import logging as hf_logging
-
-            if hf_logging.is_progress_bar_enabled():
-                hf_logging.disable_progress_bar()
-                restore_bar = hf_logging
-        except ImportError:  # pragma: no cover
-            pass
-        yield
-    finally:
-        if restore_bar is not None:
-            restore_bar.enable_progress_bar()
-        if restore_const is not None and constants is not None:
-            constants.HF_HUB_OFFLINE = restore_const
-        for k, v in saved_env.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 class LiteEmbedder(Embedder):
     """EfficientNet-Lite0 + MiniLM (ConSE). Cheap to construct; weights load on first use (thread-safe)."""
 
@@ -367,16 +330,28 @@ class LiteEmbedder(Embedder):
     def __init__(self, spec: str = MODEL_ID, device: str = "auto", batch_size: int | None = None):
         self.top_t, self.tau, self.wording = parse_lite_spec(spec)
         self.model_id = canonical_spec(self.top_t, self.tau, self.wording)
-        self.device = resolve_device(device)
+        # "auto" is resolved on first use: finding out whether CUDA exists imports torch (≈ 1 s), which
+        # a text query (NumPy MiniLM) never needs
+        self._device = None if device == "auto" else resolve_device(device)
         if batch_size is not None and int(batch_size) < 1:
             raise ImgragError(f"batch size must be >= 1, got {batch_size}")
-        self.batch_size = int(batch_size) if batch_size else (128 if self.device.startswith("cuda") else 32)
+        self._batch_size = int(batch_size) if batch_size else None
         self._lock = threading.Lock()
         self._classifier = None
         self._text_model = None
         self._class_emb_np: np.ndarray | None = None
         self._class_emb = None  # torch tensor on self.device
         self._transform = LiteTransform()
+
+    @property
+    def device(self) -> str:
+        if self._device is None:
+            self._device = resolve_device("auto")
+        return self._device
+
+    @property
+    def batch_size(self) -> int:
+        return self._batch_size or (128 if self.device.startswith("cuda") else 32)
 
     # ---------------------------------------------------------------- loading
     @property
@@ -404,20 +379,12 @@ class LiteEmbedder(Embedder):
                 self._class_emb_np = emb
                 self._class_emb = torch.from_numpy(emb).to(self.device)
 
-    def _load_text_model(self):
-        model_dir = _text_model_dir()
-        try:
-            with _quiet_offline_hf():
-                from sentence_transformers import SentenceTransformer
+    @staticmethod
+    def _load_text_model():
+        # NumPy MiniLM: a text query never imports torch or transformers (cold search, docs/lite-model.md)
+        from imgrag.retrieval.embedders import minilm
 
-                model = SentenceTransformer(str(model_dir), device=self.device, local_files_only=True)
-        except ImportError as e:
-            raise ModelUnavailableError(f"lite model: {e}; {_extra_hint()}") from e
-        except (OSError, ValueError, RuntimeError) as e:
-            raise ModelUnavailableError(f"lite model: cannot load MiniLM from {model_dir}: "
-                                        f"{' '.join(str(e).split())[:300]}") from e
-        model.eval()
-        return model
+        return minilm.load(_text_model_dir())
 
     def _load_classifier(self):
         weights = _image_weights_path()
@@ -577,11 +544,7 @@ class LiteEmbedder(Embedder):
         return self._encode(texts)
 
     def _encode(self, texts: Sequence[str]) -> np.ndarray:
-        import torch
-
-        with torch.inference_mode():
-            emb = self._text_model.encode(list(texts), batch_size=self.batch_size, show_progress_bar=False,
-                                          convert_to_numpy=True, normalize_embeddings=True)
+        emb = self._text_model.encode(list(texts), batch_size=64)
         return np.ascontiguousarray(l2_normalize(np.asarray(emb, dtype=np.float32)))
 
     def warmup(self) -> None:
