@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "(default: $IMGRAG_INDEX or ~/.local/share/imgrag/index)")
     common.add_argument("--device", default="auto", help="auto (cuda → mps → cpu), cpu, cuda, cuda:N, mps")
     common.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
-                        help="auto: fp16 on CUDA, fp32 on CPU")
+                        help="auto: fp16 on CUDA; bf16 on CPUs with native bf16 (AVX512-BF16/AMX), else fp32")
     common.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     common.add_argument("--debug", action="store_true", help="show tracebacks for errors")
 
@@ -86,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     pi.add_argument("--faiss-factory", metavar="STR", help="FAISS index factory string (default Flat), e.g. HNSW32, IVF4096,SQ8")
     pi.add_argument("--batch-size", type=_positive_int, default=64, help="images per forward pass (default 64)")
     pi.add_argument("--workers", type=_nonneg_int, default=None,
-                    help="decode worker processes (default: cores-1, at least 1; 0 = decode in the main process)")
+                    help="decode worker processes (default: one per core on CPU, cores-1 with a GPU, 1..8; "
+                         "0 = decode in the main process)")
     pi.add_argument("--no-draft", dest="draft", action="store_false",
                     help="decode JPEGs at full size (default: reduced-size DCT decoding to the model's resolution)")
     pi.add_argument("--commit-every", type=_positive_int, default=1024, help="rows per atomic commit (default 1024)")

@@ -112,6 +112,7 @@ def main() -> int:
     ap.add_argument("--model-seconds", type=float, default=6.0, help="seconds per model-only measurement")
     ap.add_argument("--store", default="lancedb", choices=["lancedb", "faiss"])
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--precision", default="auto", help="auto (what `imgrag index` uses), fp32, bf16, fp16")
     a = ap.parse_args()
 
     import torch
@@ -129,7 +130,7 @@ def main() -> int:
         src[0].mkdir()
         for f in files:
             (src[0] / f.name).symlink_to(f)
-    workers = default_workers() if a.workers is None else a.workers
+    workers = default_workers(a.device) if a.workers is None else a.workers
     mb = C.median_file_mb(files)
     C.log(f"{len(files)} JPEGs {w}x{h} (median {mb:.2f} MB); batch {a.batch_size}, {workers} decode worker(s), "
           f"torch threads {torch.get_num_threads()}")
@@ -137,12 +138,13 @@ def main() -> int:
     results: dict = {}
     tables = []
     for spec in [s.strip() for s in a.models.split(",") if s.strip()]:
-        emb = load_embedder(spec, device=a.device, precision="fp32", batch_size=a.batch_size)
+        emb = load_embedder(spec, device=a.device, precision=a.precision, batch_size=a.batch_size)
         t = time.perf_counter()
         emb.warmup()
         load_s = time.perf_counter() - t
-        r: dict = {"load_s": load_s, "image_size": emb.image_size}
-        C.log(f"{spec}: loaded in {load_s:.1f}s; model-only ...")
+        dtype = str(getattr(emb, "dtype", "torch.float32")).replace("torch.", "")  # lite runs fp32
+        r: dict = {"load_s": load_s, "image_size": emb.image_size, "dtype": dtype}
+        C.log(f"{spec}: loaded in {load_s:.1f}s ({dtype}); model-only ...")
         m1 = model_only(emb, a.batch_size, a.model_seconds)
         C.log(f"{spec}: model-only {m1:.1f} img/s; end-to-end (draft) ...")
         r["e2e_draft"] = end_to_end(emb, src, work, a.batch_size, a.workers, True, a.store)
@@ -175,7 +177,7 @@ def main() -> int:
     rows = []
     for spec, r in results.items():
         mo = r["model_only_img_s"]
-        rows.append([spec, "model-only (embed_pixels, pre-made tensors)", mo, 1.0, None, None, None])
+        rows.append([f"{spec} ({r['dtype']})", "model-only (embed_pixels, pre-made tensors)", mo, 1.0, None, None, None])
         for k, label in (("e2e_draft", "imgrag index, draft decode (default)"), ("e2e_full", "imgrag index --no-draft")):
             if k in r:
                 e = r[k]

@@ -35,15 +35,21 @@ from imgrag.retrieval.stores.base import META_COLUMNS, make_rows
 log = logging.getLogger("imgrag.indexer")
 
 
-def default_workers() -> int:
-    """Decode worker processes: one per core beyond the first (the model uses the cores too), 1..8."""
-    return max(1, min(8, (os.cpu_count() or 2) - 1))
+def default_workers(device: str = "cpu") -> int:
+    """Decode worker processes, 1..8.
+
+    With the model on a GPU: one per core beyond the first (the main process feeds the GPU). With the
+    model on the CPU: one per core, since the model and the decoders share the cores anyway and the OS
+    balances them; on 2 cores this indexed 12-MP JPEGs 15-26% faster than one worker (BENCHMARKS.md).
+    """
+    cores = os.cpu_count() or 2
+    return max(1, min(8, cores if str(device).startswith("cpu") else cores - 1))
 
 
 @dataclass
 class IndexOptions:
     batch_size: int = 64
-    workers: int | None = None  # None → default_workers(); 0 → decode in the main process
+    workers: int | None = None  # None → default_workers(device); 0 → decode in the main process
     draft: bool = True  # JPEG reduced-size DCT decoding to the model's resolution
     commit_every: int = 1024  # rows per atomic commit
     max_pixels: int = DEFAULT_MAX_PIXELS
@@ -266,9 +272,10 @@ def _run(index: Index, roots: list[str], opts: IndexOptions, progress) -> IndexR
                                page_transform=PageTransform(transform, crop_fraction_of(emb), opts.page_tiles),
                                page_options=PageOptions(opts.dpi, opts.page_tiles, opts.ocr_pages, opts.ocr_lang),
                                ocr_lang=opts.ocr_lang if opts.ocr_images else None)
-            workers = default_workers() if opts.workers is None else max(0, opts.workers)
+            device = str(getattr(emb, "device", "cpu"))
+            cuda = device.startswith("cuda")
+            workers = default_workers(device) if opts.workers is None else max(0, opts.workers)
             workers = min(workers, max(0, (len(work) + opts.batch_size - 1) // opts.batch_size))
-            cuda = str(getattr(emb, "device", "cpu")).startswith("cuda")
             tw = time.perf_counter()
             # Workers only read files and run the image transform; they never touch the store, so
             # LanceDB's "fork support is experimental" warning (about its runtime in the child) does

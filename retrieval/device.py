@@ -32,8 +32,27 @@ def resolve_device(device: str = "auto") -> str:
     return device
 
 
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU computes bf16 natively (AVX512-BF16 or AMX; Linux ``/proc/cpuinfo`` flags).
+
+    There, oneDNN runs a bf16 ViT-B-32 4.5x faster than fp32 (83 vs 19 img/s on 2 Zen 4 cores,
+    BENCHMARKS.md) with embeddings at cosine >= 0.9999 to fp32. Without it bf16 is emulated and slower.
+    """
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return bool({"avx512_bf16", "amx_bf16"} & set(line.split(":", 1)[-1].split()))
+    except OSError:
+        pass
+    return False
+
+
 def resolve_dtype(precision: str, device: str) -> "torch.dtype":
-    """``auto`` → bf16 on CUDA GPUs that support it, else fp16 on CUDA; fp32 on CPU and MPS."""
+    """``auto`` → fp16 on CUDA; bf16 on CPUs with native bf16 (:func:`cpu_has_native_bf16`); else fp32.
+
+    The index fingerprint leaves precision out: vectors from any precision can be searched together.
+    """
     import torch
 
     if precision not in PRECISIONS:
@@ -41,5 +60,7 @@ def resolve_dtype(precision: str, device: str) -> "torch.dtype":
     if precision == "auto":
         if device.startswith("cuda"):
             return torch.float16
+        if device == "cpu" and cpu_has_native_bf16():
+            return torch.bfloat16
         return torch.float32
     return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]

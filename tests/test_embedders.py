@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import threading
 
@@ -76,7 +77,7 @@ def test_deterministic_and_reproducible_across_instances(emb, photos):
     b = emb.embed_images(photos[:2])
     np.testing.assert_array_equal(a, b)
     # random weights are seeded from the name: another instance (or process) gets the same model
-    other = OpenClipEmbedder(emb.model_id, device="cpu")
+    other = OpenClipEmbedder(emb.model_id, device="cpu", precision="fp32")
     np.testing.assert_allclose(other.embed_images(photos[:2]), a, atol=1e-6)
     np.testing.assert_allclose(other.embed_texts(TEXTS[:3]), emb.embed_texts(TEXTS[:3]), atol=1e-6)
 
@@ -163,7 +164,7 @@ def test_vit_b_32_fidelity(photos):
     import open_clip
     import torch
 
-    emb = OpenClipEmbedder("ViT-B-32", device="cpu")
+    emb = OpenClipEmbedder("ViT-B-32", device="cpu", precision="fp32")
     got = emb.embed_images(photos[:2])
     assert got.shape == (2, 512) and emb.image_size == 224 and emb.context_length == 77
     model, _, preprocess = open_clip.create_model_and_transforms("ViT-B-32")
@@ -183,11 +184,11 @@ def test_vit_b_32_fidelity(photos):
 
 
 def test_constructor_is_lazy_and_load_is_thread_safe(tiny_model_configs, monkeypatch):
-    emb = OpenClipEmbedder("imgrag-tiny-clip", device="cpu")
+    emb = OpenClipEmbedder("imgrag-tiny-clip", device="cpu", precision="fp32")
     assert not emb.is_loaded
     assert emb.model_id == "imgrag-tiny-clip"
     # even a model whose weights are missing constructs fine: nothing is fetched until first use
-    missing = OpenClipEmbedder("ViT-B-32:laion2b_s34b_b79k", device="cpu")
+    missing = OpenClipEmbedder("ViT-B-32:laion2b_s34b_b79k", device="cpu", precision="fp32")
     assert not missing.is_loaded
 
     calls = []
@@ -223,8 +224,15 @@ def test_device_and_precision_resolution(tiny_model_configs, monkeypatch):
     mps = getattr(torch.backends, "mps", None)
     if mps is not None:
         monkeypatch.setattr(mps, "is_available", lambda: False)
-    emb = OpenClipEmbedder("imgrag-tiny-clip")
-    assert emb.device == "cpu" and emb.dtype == torch.float32 and emb.batch_size == 32
+    from imgrag.retrieval import device as dev
+
+    flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
+    assert dev.cpu_has_native_bf16() == ("avx512_bf16" in flags or "amx_bf16" in flags)
+    for native, dtype in ((False, torch.float32), (True, torch.bfloat16)):  # auto on CPU follows the hardware
+        monkeypatch.setattr(dev, "cpu_has_native_bf16", lambda native=native: native)
+        emb = OpenClipEmbedder("imgrag-tiny-clip")
+        assert emb.device == "cpu" and emb.dtype == dtype and emb.batch_size == 32
+        assert OpenClipEmbedder("imgrag-tiny-clip", precision="fp32").dtype == torch.float32
     assert OpenClipEmbedder("imgrag-tiny-clip", precision="bf16").dtype == torch.bfloat16
     with pytest.raises(ImgragError, match="precision"):
         OpenClipEmbedder("imgrag-tiny-clip", precision="fp8")
@@ -274,7 +282,7 @@ def test_unknown_tag_lists_valid_tags():
 
 
 def test_tag_is_canonicalised():
-    emb = OpenClipEmbedder("ViT-B-32:LAION2B-S34B-B79K", device="cpu")
+    emb = OpenClipEmbedder("ViT-B-32:LAION2B-S34B-B79K", device="cpu", precision="fp32")
     assert emb.model_id == "ViT-B-32:laion2b_s34b_b79k" and emb.spec.kind == "tag"
 
 
@@ -307,7 +315,7 @@ def test_model_configs_env_registers_architectures(monkeypatch, tmp_path):
     cfg = json.loads((MODEL_CONFIGS_DIR / "imgrag-tiny-clip.json").read_text())
     (tmp_path / "imgrag-env-registered.json").write_text(json.dumps(cfg))
     monkeypatch.setenv(oc.MODEL_CONFIGS_ENV, str(tmp_path))
-    assert OpenClipEmbedder("imgrag-env-registered", device="cpu").spec.kind == "random"
+    assert OpenClipEmbedder("imgrag-env-registered", device="cpu", precision="fp32").spec.kind == "random"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -332,7 +340,7 @@ def test_offline_tag_fails_fast_with_guidance(monkeypatch, tmp_path):
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(oc, "_probe", lambda *a: pytest.fail("probed the network in offline mode"))
-    emb = OpenClipEmbedder("ViT-B-32:laion2b_s34b_b79k", device="cpu")
+    emb = OpenClipEmbedder("ViT-B-32:laion2b_s34b_b79k", device="cpu", precision="fp32")
     with pytest.raises(ModelUnavailableError) as ei:
         emb.warmup()
     _assert_offline_message(str(ei.value))
@@ -353,7 +361,7 @@ def test_unreachable_network_fails_fast(monkeypatch, tmp_path):
     monkeypatch.setattr(oc, "_network_available", lambda *a: False)
     for spec, name in [("ViT-B-32:laion2b_s34b_b79k", "ViT-B-32"), ("hf-hub:org/not-cached", None)]:
         with pytest.raises(ModelUnavailableError) as ei:
-            OpenClipEmbedder(spec, device="cpu").warmup()
+            OpenClipEmbedder(spec, device="cpu", precision="fp32").warmup()
         _assert_offline_message(str(ei.value), name)
 
 
@@ -386,12 +394,12 @@ def test_local_checkpoint_file(tiny_model_configs, tmp_path, photos, suffix):
     path = tmp_path / f"weights{suffix}"
     _save_state_dict(model, path)
 
-    emb = OpenClipEmbedder(f"imgrag-tiny-clip:{path}", device="cpu")
+    emb = OpenClipEmbedder(f"imgrag-tiny-clip:{path}", device="cpu", precision="fp32")
     assert emb.model_id == f"imgrag-tiny-clip:{path.resolve()}" and not emb.is_loaded
     got = emb.embed_images(photos[:3])
     np.testing.assert_allclose(got, _encode_images(model, preprocess, photos[:3]), atol=1e-5)
     # and not the name-seeded random model
-    rand = OpenClipEmbedder("imgrag-tiny-clip", device="cpu").embed_images(photos[:1])
+    rand = OpenClipEmbedder("imgrag-tiny-clip", device="cpu", precision="fp32").embed_images(photos[:1])
     assert np.abs(got[0] - rand[0]).max() > 1e-3
     fp = emb.fingerprint()
     assert fp["weights"] == {"file": path.name, "size": path.stat().st_size}
@@ -403,7 +411,7 @@ def test_checkpoint_for_another_architecture_is_refused(tiny_model_configs, tmp_
     path = tmp_path / "siglip.bin"
     _save_state_dict(model, path)
     with pytest.raises(ModelUnavailableError, match="do not match the architecture"):
-        OpenClipEmbedder(f"imgrag-tiny-clip:{path}", device="cpu").warmup()
+        OpenClipEmbedder(f"imgrag-tiny-clip:{path}", device="cpu", precision="fp32").warmup()
 
 
 def test_local_dir_like_a_downloaded_hf_repo(tiny_model_configs, tmp_path, photos):
@@ -422,7 +430,7 @@ def test_local_dir_like_a_downloaded_hf_repo(tiny_model_configs, tmp_path, photo
         OpenClipEmbedder(str(repo), device="cpu").warmup()
     _save_state_dict(model, repo / "open_clip_pytorch_model.bin")
 
-    emb = OpenClipEmbedder(str(repo), device="cpu")
+    emb = OpenClipEmbedder(str(repo), device="cpu", precision="fp32")
     assert emb.model_id == str(repo.resolve())
     fp = emb.fingerprint()
     assert fp["mean"] == [0.5, 0.5, 0.5] and fp["resize_mode"] == "squash" and fp["interpolation"] == "bilinear"
@@ -457,7 +465,7 @@ def test_tag_loads_from_prepopulated_hf_cache(tiny_model_configs, monkeypatch, t
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
-    emb = OpenClipEmbedder("imgrag-tiny-clip:fake-webli", device="cpu")
+    emb = OpenClipEmbedder("imgrag-tiny-clip:fake-webli", device="cpu", precision="fp32")
     with pytest.raises(ModelUnavailableError):
         emb.warmup()  # not cached yet
 
@@ -469,7 +477,7 @@ def test_tag_loads_from_prepopulated_hf_cache(tiny_model_configs, monkeypatch, t
         ref_model = open_clip.create_model("imgrag-tiny-clip", force_quick_gelu=True).eval()
     _save_state_dict(ref_model, snap / "open_clip_pytorch_model.bin")
 
-    emb = OpenClipEmbedder("imgrag-tiny-clip:fake_webli", device="cpu")
+    emb = OpenClipEmbedder("imgrag-tiny-clip:fake_webli", device="cpu", precision="fp32")
     fp = emb.fingerprint()
     assert fp["pretrained"] == "fake_webli" and fp["quick_gelu"] is True
     assert fp["mean"] == [0.5, 0.5, 0.5] and fp["resize_mode"] == "squash"
@@ -523,7 +531,7 @@ def test_hf_hub_spec_from_prepopulated_cache(tiny_model_configs, monkeypatch, tm
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
-    emb = OpenClipEmbedder("hf-hub:imgrag-test/tiny-siglip-hub", device="cpu")
+    emb = OpenClipEmbedder("hf-hub:imgrag-test/tiny-siglip-hub", device="cpu", precision="fp32")
     assert emb.model_id == "hf-hub:imgrag-test/tiny-siglip-hub"
     fp = emb.fingerprint()
     assert fp["weights"] == {"repo": "imgrag-test/tiny-siglip-hub", "file": "open_clip_pytorch_model.bin",

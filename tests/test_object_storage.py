@@ -261,7 +261,7 @@ def test_reader_process_sees_consistent_versions(s3, tmp_path, tiny_model_config
 
     # the CLI, in another process, against the s3:// URI
     exe = Path(sys.executable).with_name("imgrag")
-    r = subprocess.run([str(exe), "search", "a photo of a cat", "--index", uri, "-k", "5", "--json"],
+    r = subprocess.run([str(exe), "search", "a photo of a cat", "--index", uri, "-k", "5", "--json", "--precision", "fp32"],
                        capture_output=True, text=True, env=dict(os.environ), timeout=180)
     assert r.returncode == 0, r.stderr
     cli_hits = json.loads(r.stdout)
@@ -275,7 +275,8 @@ def test_reader_process_sees_consistent_versions(s3, tmp_path, tiny_model_config
     # the web UI's backend (what `imgrag serve --index s3://…` runs) reads the same index
     from imgrag.app.ui_core import Backend, UIConfig
 
-    backend = Backend(UIConfig(index_root=uri, device="cpu", thumb_dir=tmp_path / "thumbs"), index=None)
+    backend = Backend(UIConfig(index_root=uri, device="cpu", precision="fp32", thumb_dir=tmp_path / "thumbs"),
+                      index=None)
     assert backend.has_index() and backend.root == uri
     items = backend.search_text("a photo of a cat", k=5)
     assert [it.id for it in items] == [h.id for h in ref]

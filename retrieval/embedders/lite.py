@@ -400,7 +400,9 @@ class LiteEmbedder(Embedder):
             model.load_state_dict(state, strict=True)
         except (OSError, RuntimeError, ValueError, KeyError) as e:
             raise ModelUnavailableError(f"lite model: cannot load {weights}: {' '.join(str(e).split())[:300]}") from e
-        return model.eval().to(self.device)
+        # channels_last: oneDNN's depthwise/pointwise convolutions run 1.7x faster in NHWC on CPU
+        # (45 vs 27 img/s at batch 64 on 2 cores, BENCHMARKS.md), with the same results to float rounding
+        return model.eval().to(self.device, memory_format=torch.channels_last)
 
     def _class_embeddings(self) -> np.ndarray:
         """(1000, 384) MiniLM embeddings of the class names; cached in memory and on disk."""
@@ -467,6 +469,9 @@ class LiteEmbedder(Embedder):
         }
 
     def image_transform(self) -> Callable[["Image.Image"], "torch.Tensor"]:
+        # imported here, in the parent, so that forked decode workers do not each import it (≈ 1 s)
+        import torchvision.transforms.functional  # noqa: F401
+
         return self._transform
 
     # ---------------------------------------------------------------- forward passes
@@ -483,7 +488,8 @@ class LiteEmbedder(Embedder):
         out = []
         with torch.inference_mode():
             for i in range(0, pixels.shape[0], self.batch_size):
-                x = pixels[i : i + self.batch_size].to(self.device, dtype=torch.float32)
+                x = pixels[i : i + self.batch_size].to(self.device, dtype=torch.float32,
+                                                       memory_format=torch.channels_last)
                 out.append(torch.softmax(self._classifier(x).float() / temperature, dim=-1).cpu().numpy())
         if not out:
             return np.zeros((0, NUM_CLASSES), dtype=np.float32)
@@ -501,7 +507,8 @@ class LiteEmbedder(Embedder):
         cuda = self.device.startswith("cuda")
         with torch.inference_mode():
             for i in range(0, n, self.batch_size):
-                x = pixels[i : i + self.batch_size].to(self.device, dtype=torch.float32, non_blocking=cuda)
+                x = pixels[i : i + self.batch_size].to(self.device, dtype=torch.float32, non_blocking=cuda,
+                                                       memory_format=torch.channels_last)
                 probs = torch.softmax(self._classifier(x).float() / self.tau, dim=-1)
                 top_p, top_i = probs.topk(self.top_t, dim=-1)  # (b, T)
                 vec = torch.einsum("bt,btd->bd", top_p, self._class_emb[top_i])
