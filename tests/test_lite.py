@@ -164,6 +164,24 @@ def test_text_embeddings_shape_norm_determinism(emb):
     assert np.allclose(emb.embed_texts("a cat"), a[:1], atol=1e-6)
 
 
+def test_bf16_classifier_close_to_fp32(cache_dir, photos):
+    """bf16 autocast (the CPU default where the CPU has native bf16) stays close to fp32."""
+    import torch
+
+    from imgrag.retrieval.device import cpu_has_native_bf16
+
+    fp32 = LiteEmbedder(device="cpu", precision="fp32", batch_size=8)
+    bf16 = LiteEmbedder(device="cpu", precision="bf16", batch_size=8)
+    assert fp32.dtype == torch.float32 and bf16.dtype == torch.bfloat16
+    assert LiteEmbedder(device="cpu").dtype == (torch.bfloat16 if cpu_has_native_bf16() else torch.float32)
+    a, b = fp32.embed_images(list(photos.values())), bf16.embed_images(list(photos.values()))
+    assert a.dtype == b.dtype == np.float32 and np.allclose(np.linalg.norm(b, axis=1), 1.0, atol=1e-5)
+    assert (a * b).sum(1).min() > 0.98  # 0.988 worst over data/samples (docs/lite-model.md)
+    assert bf16.fingerprint() == fp32.fingerprint()  # one index can hold both
+    with pytest.raises(ImgragError, match="precision"):
+        LiteEmbedder(precision="fp8")
+
+
 def test_numpy_minilm_matches_sentence_transformers(emb):
     """The NumPy text tower (no torch on a query) equals the sentence-transformers reference path."""
     from sentence_transformers import SentenceTransformer

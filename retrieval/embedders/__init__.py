@@ -24,7 +24,7 @@ def load_embedder(spec: str = DEFAULT_MODEL, device: str = "auto", precision: st
     if spec == "lite" or spec.startswith("lite:"):
         from imgrag.retrieval.embedders.lite import LiteEmbedder
 
-        return LiteEmbedder(spec=spec, device=device, batch_size=batch_size)
+        return LiteEmbedder(spec=spec, device=device, batch_size=batch_size, precision=precision)
     from imgrag.retrieval.embedders.openclip import OpenClipEmbedder
 
     return OpenClipEmbedder(spec, device=device, precision=precision, batch_size=batch_size)

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
-from imgrag.retrieval.device import resolve_device
+from imgrag.retrieval.device import PRECISIONS, resolve_device, resolve_dtype
 from imgrag.retrieval.embedders.base import Embedder, Embeddings, l2_normalize
 from imgrag.retrieval.errors import ImgragError, ModelUnavailableError
 
@@ -327,7 +327,8 @@ class LiteEmbedder(Embedder):
     #: The preprocessing keeps the central 224/256 of a square; document pages are padded for it.
     crop_fraction = IMAGE_SIZE / RESIZE_SIZE
 
-    def __init__(self, spec: str = MODEL_ID, device: str = "auto", batch_size: int | None = None):
+    def __init__(self, spec: str = MODEL_ID, device: str = "auto", batch_size: int | None = None,
+                 precision: str = "auto"):
         self.top_t, self.tau, self.wording = parse_lite_spec(spec)
         self.model_id = canonical_spec(self.top_t, self.tau, self.wording)
         # "auto" is resolved on first use: finding out whether CUDA exists imports torch (≈ 1 s), which
@@ -336,6 +337,10 @@ class LiteEmbedder(Embedder):
         if batch_size is not None and int(batch_size) < 1:
             raise ImgragError(f"batch size must be >= 1, got {batch_size}")
         self._batch_size = int(batch_size) if batch_size else None
+        if precision not in PRECISIONS:
+            raise ImgragError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+        self._precision = precision
+        self._dtype = None
         self._lock = threading.Lock()
         self._classifier = None
         self._text_model = None
@@ -348,6 +353,21 @@ class LiteEmbedder(Embedder):
         if self._device is None:
             self._device = resolve_device("auto")
         return self._device
+
+    @property
+    def dtype(self) -> "torch.dtype":
+        """The classifier's compute precision (autocast); ``auto`` as for open_clip models."""
+        if self._dtype is None:
+            self._dtype = resolve_dtype(self._precision, self.device)
+        return self._dtype
+
+    def _autocast(self):
+        import torch
+
+        kind = self.device.split(":")[0]
+        if self.dtype == torch.float32 or kind not in ("cpu", "cuda"):
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=kind, dtype=self.dtype)
 
     @property
     def batch_size(self) -> int:
@@ -490,7 +510,9 @@ class LiteEmbedder(Embedder):
             for i in range(0, pixels.shape[0], self.batch_size):
                 x = pixels[i : i + self.batch_size].to(self.device, dtype=torch.float32,
                                                        memory_format=torch.channels_last)
-                out.append(torch.softmax(self._classifier(x).float() / temperature, dim=-1).cpu().numpy())
+                with self._autocast():
+                    logits = self._classifier(x)
+                out.append(torch.softmax(logits.float() / temperature, dim=-1).cpu().numpy())
         if not out:
             return np.zeros((0, NUM_CLASSES), dtype=np.float32)
         return np.concatenate(out, axis=0).astype(np.float32)
@@ -509,7 +531,9 @@ class LiteEmbedder(Embedder):
             for i in range(0, n, self.batch_size):
                 x = pixels[i : i + self.batch_size].to(self.device, dtype=torch.float32, non_blocking=cuda,
                                                        memory_format=torch.channels_last)
-                probs = torch.softmax(self._classifier(x).float() / self.tau, dim=-1)
+                with self._autocast():
+                    logits = self._classifier(x)
+                probs = torch.softmax(logits.float() / self.tau, dim=-1)
                 top_p, top_i = probs.topk(self.top_t, dim=-1)  # (b, T)
                 vec = torch.einsum("bt,btd->bd", top_p, self._class_emb[top_i])
                 vec = torch.nn.functional.normalize(vec, dim=-1)
