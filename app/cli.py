@@ -67,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "(default: $IMGRAG_INDEX or ~/.local/share/imgrag/index)")
     common.add_argument("--device", default="auto", help="auto (cuda → mps → cpu), cpu, cuda, cuda:N, mps")
     common.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
-                        help="auto: fp16 on CUDA; bf16 on CPUs with native bf16 (AVX512-BF16/AMX), else fp32")
+                        help="auto: fp16 on CUDA; bf16 on CPUs with native bf16 (AVX512-BF16/AMX), else fp32 "
+                             "(the lite model stays fp32 under auto)")
     common.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     common.add_argument("--debug", action="store_true", help="show tracebacks for errors")
 

@@ -1,6 +1,7 @@
 """Indexer throughput on camera-size photos: end-to-end `imgrag index` vs model-only vs a naive loop.
 
-For each model (default: the offline ``lite`` model and a random-init ``ViT-B-32``, fp32 on CPU):
+For each model (default: the offline ``lite`` model and a random-init ``ViT-B-32``, at ``--precision auto``
+as ``imgrag index`` runs them: bf16 on CPUs with native bf16, else fp32):
 
 - **model-only**: ``embedder.embed_pixels`` on a pre-made (batch, 3, S, S) tensor — the ceiling;
   measured before and after the indexing runs, the mean is used.
