@@ -512,6 +512,14 @@ def test_faiss_ivf_too_few_rows_falls_back(tmp_path, data):
     assert_same(st2.search(q, 10), brute(vec, ids, q, 10))  # nprobe = nlist: exhaustive
 
 
+
+@pytest.mark.parametrize("factory,nprobe", [("IVF8,Flat", 8), ("IVF256,SQ8", 16), ("IVF1024,SQ8", 16),
+                                            ("IVF4096,SQ8", 64), ("HNSW32", 0)])
+def test_faiss_default_nprobe_follows_the_benchmark(tmp_path, factory, nprobe):
+    """max(16, nlist/64), at most nlist: the setting that met recall@10 >= 0.95 at p50 <= 2 ms (BENCHMARKS.md)."""
+    assert mk("faiss", tmp_path, {"factory": factory}, dim=64).nprobe == nprobe
+
+
 @pytest.mark.parametrize("ann", ["ivf_pq", "ivf_hnsw_sq"])
 def test_lancedb_optimize_builds_ann_index(ann, tmp_path, big):
     meta, vec = big
