@@ -288,13 +288,14 @@ def cmd_index(args) -> int:
         if store != "faiss":
             raise ImgragError("--faiss-factory needs --store faiss")
         opts["factory"] = args.faiss_factory
-    def emb():
+    def make_embedder():
         return load_embedder(model, device=args.device, precision=args.precision, batch_size=args.batch_size)
 
-    if existing is None or (args.model is not None and args.model != existing.model):
-        emb = emb()  # a new index, or a --model to check against the index now (a spelling may differ)
+    # a new index, or a --model to check against the index now (its spelling may differ): build it here;
     # otherwise the model loads (and is checked against the index) only if a file needs embedding
-    index = Index.create_or_open(root, emb, store=store, store_options=opts, rebuild=args.rebuild)
+    eager = existing is None or (args.model is not None and args.model != existing.model)
+    index = Index.create_or_open(root, make_embedder() if eager else make_embedder, store=store,
+                                 store_options=opts, rebuild=args.rebuild)
     if not args.dpi > 0 or args.dpi > 1200:
         raise ImgragError(f"--dpi must be between 1 and 1200, got {args.dpi:g}")
     options = IndexOptions(batch_size=args.batch_size, workers=args.workers, draft=args.draft,

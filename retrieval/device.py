@@ -48,6 +48,13 @@ def cpu_has_native_bf16() -> bool:
     return False
 
 
+def check_precision(precision: str) -> str:
+    """``precision`` if it is one of :data:`PRECISIONS`, else a one-line error (no torch import)."""
+    if precision not in PRECISIONS:
+        raise ImgragError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    return precision
+
+
 def resolve_dtype(precision: str, device: str) -> "torch.dtype":
     """``auto`` → fp16 on CUDA; bf16 on CPUs with native bf16 (:func:`cpu_has_native_bf16`); else fp32.
 
@@ -55,9 +62,7 @@ def resolve_dtype(precision: str, device: str) -> "torch.dtype":
     """
     import torch
 
-    if precision not in PRECISIONS:
-        raise ImgragError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
-    if precision == "auto":
+    if check_precision(precision) == "auto":
         if device.startswith("cuda"):
             return torch.float16
         if device == "cpu" and cpu_has_native_bf16():

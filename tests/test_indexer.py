@@ -18,6 +18,7 @@ from imgrag.retrieval.index import Index
 from imgrag.retrieval.queries.search import search
 
 from fakes import FakeEmbedder
+from reliability import all_rows
 
 STORES = ["lancedb", "faiss"]
 
@@ -34,15 +35,6 @@ def make_collection(root: Path, n: int = 12, seed: int = 0) -> list[Path]:
         Image.fromarray(arr).save(p)
         paths.append(p)
     return paths
-
-
-def all_rows(index: Index) -> dict[str, dict]:
-    out = {}
-    for b in index.store.scan():
-        for r in b.to_pylist():
-            assert r["id"] not in out, f"duplicate row {r['id']}"
-            out[r["id"]] = r
-    return out
 
 
 @pytest.fixture(params=STORES)

@@ -26,6 +26,7 @@ pytest.importorskip("lance", reason="needs pylance: pip install 'imgrag[distribu
 from imgrag.indexer.pipeline import IndexOptions, build_index  # noqa: E402
 from imgrag.indexer.ray_engine import RayOptions, build_index_ray  # noqa: E402
 from imgrag.retrieval.index import Index  # noqa: E402
+from reliability import all_rows  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -94,15 +95,6 @@ def collection(tmp_path) -> Path:
     return coll
 
 
-def rows(index: Index) -> dict[str, dict]:
-    out: dict[str, dict] = {}
-    for b in index.store.scan():
-        for r in b.to_pylist():
-            assert r["id"] not in out, f"duplicate row {r['id']}"
-            out[r["id"]] = r
-    return out
-
-
 def embedder():
     from imgrag.retrieval.embedders.openclip import OpenClipEmbedder
 
@@ -132,7 +124,7 @@ def test_ray_index_equals_local_and_is_incremental(ray_cluster, collection, tmp_
     assert [s["path"] for s in rep.skipped] == [str(collection / "food" / "broken.jpg")]
     assert "not" in rep.skipped[0]["reason"].lower() or "cannot" in rep.skipped[0]["reason"].lower()
     assert ridx.skipped() == rep.skipped  # recorded in the index, like the local engine
-    assert_same(rows(Index.open(tmp_path / "ray")), rows(local))
+    assert_same(all_rows(Index.open(tmp_path / "ray")), all_rows(local))
     assert [s["reason"] for s in ridx.skipped()] == [s["reason"] for s in local.skipped()]
     # several fragments were committed in several versions (one Append per commit_every rows)
     assert ridx.store.describe()["version"] >= 3
@@ -153,7 +145,7 @@ def test_ray_index_equals_local_and_is_incremental(ray_cluster, collection, tmp_
     rep3 = build_index_ray(ridx, [collection], RayOptions(**ROPTS))
     assert (rep3.embedded, rep3.deleted, rep3.unchanged, rep3.total_items) == (2, 1, 18, 20)
     build_index(local, [collection], IndexOptions(batch_size=4, workers=0))
-    assert_same(rows(Index.open(tmp_path / "ray")), rows(local))
+    assert_same(all_rows(Index.open(tmp_path / "ray")), all_rows(local))
 
 
 class Boom(Exception):
@@ -173,11 +165,11 @@ def test_ray_resume_after_failure_no_duplicates(ray_cluster, collection, tmp_pat
     after_crash = Index.open(tmp_path / "ray")
     n = after_crash.store.count()
     assert 8 <= n < 20  # committed work is kept, the rest is not visible
-    assert len(rows(after_crash)) == n
+    assert len(all_rows(after_crash)) == n
 
     rep = build_index_ray(idx, [collection], RayOptions(**ROPTS))
     assert rep.unchanged == n and rep.embedded == 20 - n
-    final = rows(Index.open(tmp_path / "ray"))
+    final = all_rows(Index.open(tmp_path / "ray"))
     assert len(final) == 20  # no duplicates, nothing missing
     assert set(final) == {str(p) for p in collection.rglob("*") if p.is_file() and p.name != "broken.jpg"}
 
@@ -216,12 +208,12 @@ def test_cli_ray_engine_s3_sources_to_s3_index(ray_cluster, s3_env, collection, 
     assert rc == 0, out.err
     rep = json.loads(out.out)
     assert (rep["embedded"], rep["total_items"], rep["skipped"]) == (len(files), len(files), 0)
-    remote = rows(Index.open(uri))
+    remote = all_rows(Index.open(uri))
     assert set(remote) == {f"s3://{BUCKET}/photos/animals/{f.name}" for f in files}
 
     local = Index.create_or_open(tmp_path / "local", embedder(), store="lancedb")
     build_index(local, [collection / "animals"], IndexOptions(batch_size=4, workers=0))
-    by_name = {Path(k).name: v for k, v in rows(local).items()}
+    by_name = {Path(k).name: v for k, v in all_rows(local).items()}
     for k, r in remote.items():
         lr = by_name[k.rsplit("/", 1)[1]]
         assert (r["hash"], r["width"], r["height"], r["size"]) == (lr["hash"], lr["width"], lr["height"], lr["size"])

@@ -31,8 +31,8 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
-from imgrag.retrieval.device import PRECISIONS, resolve_device, resolve_dtype
-from imgrag.retrieval.embedders.base import Embedder, Embeddings, l2_normalize
+from imgrag.retrieval.device import check_precision, resolve_device, resolve_dtype
+from imgrag.retrieval.embedders.base import Embedder, Embeddings
 from imgrag.retrieval.errors import ImgragError, ModelUnavailableError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -337,9 +337,7 @@ class LiteEmbedder(Embedder):
         if batch_size is not None and int(batch_size) < 1:
             raise ImgragError(f"batch size must be >= 1, got {batch_size}")
         self._batch_size = int(batch_size) if batch_size else None
-        if precision not in PRECISIONS:
-            raise ImgragError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
-        self._precision = precision
+        self._precision = check_precision(precision)  # resolved on first use, like the device
         self._dtype = None
         self._lock = threading.Lock()
         self._classifier = None
@@ -511,11 +509,7 @@ class LiteEmbedder(Embedder):
         out = []
         with torch.inference_mode():
             for i in range(0, pixels.shape[0], self.batch_size):
-                x = pixels[i : i + self.batch_size].to(self.device, dtype=torch.float32,
-                                                       memory_format=torch.channels_last)
-                with self._autocast():
-                    logits = self._classifier(x)
-                out.append(torch.softmax(logits.float() / temperature, dim=-1).cpu().numpy())
+                out.append(self._softmax(pixels[i : i + self.batch_size], temperature).cpu().numpy())
         if not out:
             return np.zeros((0, NUM_CLASSES), dtype=np.float32)
         return np.concatenate(out, axis=0).astype(np.float32)
@@ -529,19 +523,25 @@ class LiteEmbedder(Embedder):
         if n == 0:
             return np.zeros((0, DIM), dtype=np.float32)
         out = []
-        cuda = self.device.startswith("cuda")
         with torch.inference_mode():
             for i in range(0, n, self.batch_size):
-                x = pixels[i : i + self.batch_size].to(self.device, dtype=torch.float32, non_blocking=cuda,
-                                                       memory_format=torch.channels_last)
-                with self._autocast():
-                    logits = self._classifier(x)
-                probs = torch.softmax(logits.float() / self.tau, dim=-1)
+                probs = self._softmax(pixels[i : i + self.batch_size], self.tau)
                 top_p, top_i = probs.topk(self.top_t, dim=-1)  # (b, T)
                 vec = torch.einsum("bt,btd->bd", top_p, self._class_emb[top_i])
                 vec = torch.nn.functional.normalize(vec, dim=-1)
                 out.append(vec.cpu().numpy())
         return np.ascontiguousarray(np.concatenate(out, axis=0), dtype=np.float32)
+
+    def _softmax(self, batch: "torch.Tensor", temperature: float) -> "torch.Tensor":
+        """One batch through the classifier (channels_last, autocast per :attr:`dtype`) → fp32 class
+        probabilities at ``temperature``, on the device."""
+        import torch
+
+        x = batch.to(self.device, dtype=torch.float32, non_blocking=self.device.startswith("cuda"),
+                     memory_format=torch.channels_last)
+        with self._autocast():
+            logits = self._classifier(x)
+        return torch.softmax(logits.float() / temperature, dim=-1)
 
     @staticmethod
     def _check_pixels(pixels: Any) -> "torch.Tensor":
@@ -578,8 +578,7 @@ class LiteEmbedder(Embedder):
         return self._encode(texts)
 
     def _encode(self, texts: Sequence[str]) -> np.ndarray:
-        emb = self._text_model.encode(list(texts), batch_size=64)
-        return np.ascontiguousarray(l2_normalize(np.asarray(emb, dtype=np.float32)))
+        return self._text_model.encode(list(texts), batch_size=64)  # float32, L2-normalised
 
     def warmup(self) -> None:
         self._ensure_loaded()

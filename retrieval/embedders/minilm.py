@@ -62,15 +62,17 @@ class MiniLM:
         self.eps = float(config.get("layer_norm_eps", 1e-12))
         self.max_len = min(MAX_SEQ_LENGTH, int(config.get("max_position_embeddings", 512)))
         w = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in weights.items() if v.dtype != np.int64}
-        self.w = w
-        # one fused QKV projection per layer (x @ W.T with W stored out × in, as in torch Linear)
+        # one fused QKV projection per layer (x @ W.T with W stored out × in, as in torch Linear); the
+        # projections are kept only in the layouts used (fused/transposed), not also as loaded
         self.qkv = []
         for i in range(self.layers):
             p = f"encoder.layer.{i}.attention.self."
-            wt = np.concatenate([w[p + n + ".weight"] for n in ("query", "key", "value")], axis=0).T.copy()
-            bias = np.concatenate([w[p + n + ".bias"] for n in ("query", "key", "value")])
+            names = [p + n for n in ("query", "key", "value")]
+            wt = np.concatenate([w.pop(n + ".weight") for n in names], axis=0).T.copy()
+            bias = np.concatenate([w.pop(n + ".bias") for n in names])
             self.qkv.append((wt, bias))
-        self.t = {k: v.T.copy() for k, v in w.items() if k.endswith("dense.weight")}
+        self.t = {k: w.pop(k).T.copy() for k in [k for k in w if k.endswith("dense.weight")]}
+        self.w = w
         self.tok = tokenizer
         self.tok.no_padding()
         self.tok.enable_truncation(self.max_len)
