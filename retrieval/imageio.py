@@ -13,15 +13,24 @@ Rules (each one has a test in tests/test_imageio.py):
   drafted size). Corrupt EXIF is ignored (the image is still indexed, without EXIF metadata).
 - Alpha (RGBA, LA, PA, palette/RGB with a transparency key) is composited on white; CMYK, 16-bit
   and float greyscale, palette and bilevel images become 8-bit RGB; animations give their first frame.
-- Truncated files fail with a reason (``ImageFile.LOAD_TRUNCATED_IMAGES`` is never touched).
+- Decoding is strict: the pixel data (first frame of an animation) must decode completely without a
+  decoder error, exactly as Pillow's ``Image.open(f).load()`` with ``LOAD_TRUNCATED_IMAGES`` off;
+  truncated or corrupt data fails with a reason, never as a partly blank picture. The strict load
+  is the first read of the pixels (nothing before it may swallow a decoder error), and it stays
+  strict even if some library switched ``ImageFile.LOAD_TRUNCATED_IMAGES`` on (tests/test_fuzz_decode.py).
+- Huge images: ``max_pixels`` above the default accepts them; over :data:`REDUCE_ABOVE_PIXELS` they
+  are decoded reduced (JPEG at a DCT scale, non-interlaced 8-bit PNG in strips) — see
+  :mod:`imgrag.retrieval.reduced` for the memory bound of each format.
 - Tiny images (1×1) and extreme strips (20000×10) decode normally; the embedder's transform copes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import math
+import threading
 import warnings
 from dataclasses import dataclass
 from datetime import datetime
@@ -29,9 +38,19 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
+from imgrag.retrieval.pixels import ImageDecodeError, _short, strict_load, to_rgb
+
+__all__ = ["DecodedImage", "ImageDecodeError", "content_hash", "decode_image", "is_supported", "to_rgb",
+           "strict_load"]
+
 #: Refuse images whose declared width × height exceeds this (pixels). Same as Pillow's hard limit
 #: (2 × the default ``Image.MAX_IMAGE_PIXELS``) and the indexer's default.
 DEFAULT_MAX_PIXELS = 178_956_970
+
+#: Images with more pixels than this (only accepted with a larger ``max_pixels``, e.g. huge scans)
+#: are decoded reduced, with bounded memory where the format allows (:mod:`imgrag.retrieval.reduced`).
+#: Everything up to the default limit decodes at full resolution, exactly as Pillow decodes it.
+REDUCE_ABOVE_PIXELS = DEFAULT_MAX_PIXELS
 
 _BASE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
@@ -65,14 +84,6 @@ _IFD_GPS = 0x8825
 _TAG_DATETIME_ORIGINAL = 0x9003
 _TAG_DATETIME_DIGITIZED = 0x9004
 _GPS_LAT_REF, _GPS_LAT, _GPS_LON_REF, _GPS_LON = 1, 2, 3, 4
-
-
-class ImageDecodeError(Exception):
-    """An image that cannot be indexed; ``str(e)`` / ``e.reason`` is a short human reason."""
-
-    def __init__(self, reason: str):
-        super().__init__(reason)
-        self.reason = reason
 
 
 @dataclass
@@ -136,15 +147,61 @@ def _sniff_non_image(data: bytes) -> str:
 
 def decode_image(data: bytes, *, draft_size: int | None = None,
                  max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
-    """Decode ``data`` into an upright RGB image; raise :class:`ImageDecodeError` with a reason."""
+    """Decode ``data`` into an upright RGB image; raise :class:`ImageDecodeError` with a reason.
+
+    Images over :data:`REDUCE_ABOVE_PIXELS` (only reachable with a ``max_pixels`` above the default)
+    come back reduced to at most :data:`~imgrag.retrieval.reduced.REDUCED_MAX_PIXELS`, decoded with
+    bounded memory where the format allows (see :mod:`imgrag.retrieval.reduced`).
+    """
     if not data:
         raise ImageDecodeError("zero-byte file")
+    img = _open(data, max_pixels)
+    fmt = img.format
+    w, h = img.size
+    if w <= 0 or h <= 0:
+        raise ImageDecodeError(f"invalid image size {w}x{h}")
+    if w * h > max_pixels:
+        raise ImageDecodeError(
+            f"image too large: {w}x{h} ({_mp(w * h)} MP > {_mp(max_pixels)} MP limit)"
+        )
+
+    if w * h > REDUCE_ABOVE_PIXELS:
+        from imgrag.retrieval import reduced
+
+        rgb = reduced.decode_reduced(img, data, draft_size)
+        # a PNG decoded in strips was never loaded: its getexif() would load the whole image
+        exif = reduced.png_exif(img) if fmt == "PNG" else _read_exif(img)
+    else:
+        if draft_size and fmt == "JPEG" and draft_size > 0:
+            # only reduces the DCT scale while both sides stay >= draft_size; draft() reads no pixel
+            # data, so the strict load below still sees every error of the (reduced) decode
+            img.draft("RGB", (int(draft_size), int(draft_size)))
+        # The strict load comes first, before anything else touches the file: Pillow's PNG getexif()
+        # loads the pixels itself, and a load that failed there (error swallowed with the EXIF)
+        # leaves a zero-filled image that a second load() returns without complaint.
+        strict_load(img)
+        exif = _read_exif(img)
+        rgb = to_rgb(img)
+    orientation = _orientation(exif)
+
+    if orientation and orientation != 1:
+        rgb = _apply_orientation(rgb, orientation)
+        if orientation in (5, 6, 7, 8):
+            w, h = h, w
+
+    taken_at, lat, lon = _exif_metadata(exif)
+    return DecodedImage(image=rgb, width=w, height=h, taken_at=taken_at, gps_lat=lat, gps_lon=lon,
+                        format=fmt)
+
+
+def _open(data: bytes, max_pixels: int) -> Image.Image:
+    """``Image.open`` (header only) with reasons; Pillow's own bomb limit follows ``max_pixels``."""
     try:
-        with warnings.catch_warnings():
-            # our own limit is checked below, before decoding; Pillow's warning would be noise
+        with warnings.catch_warnings(), _pillow_pixel_limit(max_pixels):
+            # our own limit is checked by the caller, before decoding; Pillow's warning would be noise
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             warnings.filterwarnings("ignore", message="Corrupt EXIF data")  # JPEG parses EXIF on open
-            img = Image.open(io.BytesIO(data))
+            return Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as e:
         raise ImageDecodeError(_bomb_reason(e, max_pixels)) from e
     except UnidentifiedImageError as e:
@@ -155,47 +212,25 @@ def decode_image(data: bytes, *, draft_size: int | None = None,
             raise ImageDecodeError(f"truncated {sig}") from e
         raise ImageDecodeError(f"unreadable image header ({_short(e)})") from e
 
-    fmt = img.format
-    w, h = img.size
-    if w <= 0 or h <= 0:
-        raise ImageDecodeError(f"invalid image size {w}x{h}")
-    if w * h > max_pixels:
-        raise ImageDecodeError(
-            f"image too large: {w}x{h} ({_mp(w * h)} MP > {_mp(max_pixels)} MP limit)"
-        )
 
-    exif = _read_exif(img)
-    orientation = _orientation(exif)
+_PILLOW_LIMIT_LOCK = threading.Lock()
 
-    if draft_size and fmt == "JPEG" and draft_size > 0:
+
+@contextlib.contextmanager
+def _pillow_pixel_limit(max_pixels: int):
+    """Raise Pillow's global bomb limit for this open when ``max_pixels`` asks for more (the caller
+    checks ``max_pixels`` itself). Pillow refuses in ``Image.open`` at 2 × ``MAX_IMAGE_PIXELS``."""
+    current = Image.MAX_IMAGE_PIXELS
+    if current is None or max_pixels <= 2 * current:
+        yield
+        return
+    with _PILLOW_LIMIT_LOCK:
+        saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = max_pixels // 2 + 1
         try:
-            # only reduces the DCT scale while both sides stay >= draft_size
-            img.draft("RGB", (int(draft_size), int(draft_size)))
-        except Exception:  # noqa: BLE001 - drafting is an optimisation only
-            pass
-
-    try:
-        img.load()
-    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
-        raise ImageDecodeError(_load_reason(fmt, e)) from e
-    except MemoryError as e:  # pragma: no cover
-        raise ImageDecodeError(f"out of memory decoding {w}x{h} image") from e
-
-    try:
-        rgb = _to_rgb(img)
-    except ImageDecodeError:
-        raise
-    except (OSError, ValueError) as e:
-        raise ImageDecodeError(_load_reason(fmt, e)) from e
-
-    if orientation and orientation != 1:
-        rgb = _apply_orientation(rgb, orientation)
-        if orientation in (5, 6, 7, 8):
-            w, h = h, w
-
-    taken_at, lat, lon = _exif_metadata(exif)
-    return DecodedImage(image=rgb, width=w, height=h, taken_at=taken_at, gps_lat=lat, gps_lon=lon,
-                        format=fmt)
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
 
 
 # ----------------------------------------------------------------------------------------------
@@ -217,19 +252,6 @@ def _bomb_reason(e: BaseException, max_pixels: int) -> str:
     if m:
         return f"image too large: {_mp(int(m.group(1)))} MP > {_mp(limit)} MP limit"
     return f"image too large (> {_mp(limit)} MP limit)"
-
-
-def _short(e: BaseException) -> str:
-    s = " ".join(str(e).split()) or type(e).__name__
-    return s[:120]
-
-
-def _load_reason(fmt: str | None, e: BaseException) -> str:
-    msg = str(e).lower()
-    name = fmt or "image"
-    if "truncated" in msg or isinstance(e, EOFError) or "premature end" in msg:
-        return f"truncated {name}"
-    return f"corrupt {name} ({_short(e)})"
 
 
 def _read_exif(img: Image.Image) -> Any:
@@ -279,57 +301,6 @@ def _apply_orientation(img: Image.Image, orientation: int) -> Image.Image:
     for op in _TRANSPOSE.get(orientation, ()):
         img = img.transpose(op)
     return img
-
-
-def _to_rgb(img: Image.Image) -> Image.Image:
-    mode = img.mode
-    if mode == "RGB" and "transparency" not in img.info:
-        return img
-    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
-        return _high_depth_to_rgb(img)
-    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info
-    if has_alpha:
-        try:
-            rgba = img.convert("RGBA")
-        except (ValueError, OSError):
-            rgba = None
-        if rgba is not None:
-            background = Image.new("RGB", rgba.size, (255, 255, 255))
-            background.paste(rgba, mask=rgba.getchannel("A"))
-            return background
-    if mode == "CMYK":
-        return img.convert("RGB")
-    try:
-        return img.convert("RGB")
-    except (ValueError, OSError) as e:
-        raise ImageDecodeError(f"unsupported colour mode {mode}") from e
-
-
-def _high_depth_to_rgb(img: Image.Image) -> Image.Image:
-    """16-bit / 32-bit integer and float greyscale → 8-bit, scaled (not clipped)."""
-    import numpy as np
-
-    arr = np.asarray(img)
-    if img.mode == "F":
-        arr = arr.astype(np.float64)
-        finite = np.isfinite(arr)
-        if not finite.any():
-            arr8 = np.zeros(arr.shape, np.uint8)
-        else:
-            lo, hi = float(arr[finite].min()), float(arr[finite].max())
-            if lo >= 0.0 and hi <= 1.0:
-                lo, hi = 0.0, 1.0  # already normalised
-            scale = 255.0 / (hi - lo) if hi > lo else 0.0
-            arr8 = np.clip(np.nan_to_num((arr - lo) * scale), 0, 255).round().astype(np.uint8)
-    else:
-        arr = arr.astype(np.int64)
-        if img.mode == "I" and (arr.min() < 0 or arr.max() > 65535):
-            lo, hi = int(arr.min()), int(arr.max())
-            arr8 = ((arr - lo) * 255 // max(hi - lo, 1)).astype(np.uint8)
-        else:
-            # 16-bit range (I;16*, and "I" as Pillow opens 16-bit PNG/TIFF): 65535 → 255
-            arr8 = ((np.clip(arr, 0, 65535) * 255 + 32767) // 65535).astype(np.uint8)
-    return Image.fromarray(arr8, mode="L").convert("RGB")
 
 
 def _exif_metadata(exif: Any) -> tuple[datetime | None, float | None, float | None]:

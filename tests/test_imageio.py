@@ -349,3 +349,50 @@ def test_draft_embedding_matches_full_decode(big_photo_jpeg, tiny_clip):
     assert full.image.size == (4000, 3000) and draft.image.size[0] <= 500
     a, b = tiny_clip.embed_images([full.image, draft.image])
     assert float(a @ b) >= 0.99
+
+
+# ------------------------------------------------------------------------------------------------
+# strict decoding (the differential fuzz over every format is tests/test_fuzz_decode.py)
+# ------------------------------------------------------------------------------------------------
+
+
+def corrupt_png_idat() -> bytes:
+    """A PNG whose image data is a broken zlib stream (one bit flipped inside IDAT, CRC fixed up)."""
+    rng = np.random.default_rng(5)
+    data = bytearray(encode(Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)), "PNG"))
+    at = data.index(b"IDAT")
+    length = struct.unpack(">I", data[at - 4:at])[0]
+    data[at + 4 + length // 2] ^= 0x10
+    data[at + 4 + length:at + 8 + length] = struct.pack(">I", zlib.crc32(bytes(data[at:at + 4 + length])))
+    return bytes(data)
+
+
+def test_corrupt_png_data_is_refused_not_a_blank_picture():
+    # the regression: PNG getexif() loaded the pixels first, its error was swallowed with the EXIF,
+    # and the second load() returned the zero-filled buffer as a valid image
+    data = corrupt_png_idat()
+    strict = Image.open(io.BytesIO(data))
+    with pytest.raises(OSError):
+        strict.load()
+    with pytest.raises(ImageDecodeError) as ei:
+        decode_image(data)
+    assert ei.value.reason.startswith("corrupt PNG (") or ei.value.reason == "truncated PNG"
+
+
+def test_strict_even_when_another_library_allows_truncated_images(monkeypatch):
+    from PIL import ImageFile
+
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
+    data = encode(load_sample("chelsea"), "PNG")
+    with pytest.raises(ImageDecodeError, match="truncated PNG"):
+        decode_image(data[: len(data) // 2])
+    with pytest.raises(ImageDecodeError):
+        decode_image(corrupt_png_idat())
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is True  # the caller's setting is restored
+
+
+def test_corrupt_jpeg_fails_in_draft_mode_too(big_photo_jpeg):
+    cut = big_photo_jpeg[: len(big_photo_jpeg) * 2 // 3]
+    for draft in (None, 224):
+        with pytest.raises(ImageDecodeError, match="truncated JPEG"):
+            decode_image(cut, draft_size=draft)
