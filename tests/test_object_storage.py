@@ -32,6 +32,7 @@ from imgrag.retrieval.index import Index  # noqa: E402
 from imgrag.retrieval.queries.search import search  # noqa: E402
 
 from fakes import FakeEmbedder  # noqa: E402
+from waiting import wait_past  # noqa: E402
 
 BUCKET = "imgrag-test"
 MODEL = "imgrag-tiny-clip"
@@ -148,20 +149,26 @@ def test_lease_single_writer(s3, tmp_path):
     coll = tmp_path / "p"
     make_images(coll, 2, seed=3)
     idx = Index.create_or_open(uri, FakeEmbedder(), store="lancedb")
-    other = ObjectLease(uri, ttl_s=3).acquire()
+
+    def lease() -> dict:
+        return json.loads(s3.get_object(Bucket=BUCKET, Key=f"lease-index/{LEASE_NAME}")["Body"].read())
+
+    other = ObjectLease(uri, ttl_s=4).acquire()
     try:
+        first = lease()
+        assert first["owner"] == other.owner and first["expires_at"] > time.time()
         with pytest.raises(IndexLockedError, match="another imgrag process"):
             build_index(idx, [coll], OPTS)
-        lease = json.loads(s3.get_object(Bucket=BUCKET, Key=f"lease-index/{LEASE_NAME}")["Body"].read())
-        assert lease["owner"] == other.owner and lease["expires_at"] > time.time()
-        time.sleep(1.5)  # the holder renews (every ttl/3): still locked after the first expiry time
+        # past the lifetime the lease was taken with: only renewal (every ttl/3) keeps it locked
+        wait_past(first["expires_at"], 60, "the first expiry time of the holder's lease")
         with pytest.raises(IndexLockedError):
             build_index(idx, [coll], OPTS)
+        assert lease()["owner"] == other.owner and lease()["expires_at"] > first["expires_at"]
     finally:
         other._stop.set()  # the holder "dies": stops renewing and never deletes its lease
         other._thread.join()
     # an expired lease is taken over (conditional PUT on its ETag)
-    time.sleep(3.2)
+    wait_past(lease()["expires_at"], 60, "the dead holder's lease to expire")
     rep = build_index(idx, [coll], OPTS)
     assert rep.embedded == 2
     assert f"lease-index/{LEASE_NAME}" not in keys(s3, "lease-index/")
@@ -273,7 +280,7 @@ def test_reader_process_sees_consistent_versions(s3, tmp_path, tiny_model_config
     assert json.loads(r.stdout)["items"] == 15
 
     # the web UI's backend (what `imgrag serve --index s3://…` runs) reads the same index
-    from imgrag.app.ui_core import Backend, UIConfig
+    from imgrag.app.web.backend import Backend, UIConfig
 
     backend = Backend(UIConfig(index_root=uri, device="cpu", precision="fp32", thumb_dir=tmp_path / "thumbs"),
                       index=None)
