@@ -4,10 +4,17 @@ A class vector is the normalised mean of the embeddings of its label in every te
 vectors are scored against class vectors by cosine similarity times the model's logit scale, then a
 softmax over labels (or, for sigmoid-loss models such as SigLIP, an independent sigmoid with the
 model's logit bias).
+
+Calibration (``queries/calibration.py``, on by default): before the softmax each label's similarities
+are corrected for label-prior and hub bias with statistics of a reference set of images: the collection
+itself for :func:`classify_index`, a random sample of the index (:func:`reference_vectors`) for single
+images and search results.
 """
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -17,7 +24,8 @@ import numpy as np
 
 from imgrag.retrieval.embedders.base import l2_normalize
 from imgrag.retrieval.errors import BadQueryError
-from imgrag.retrieval.stores.base import Filters
+from imgrag.retrieval.queries.calibration import Calibration, ReservoirSample, fit, resolve_method
+from imgrag.retrieval.stores.base import Filters, vectors_of
 
 if TYPE_CHECKING:  # pragma: no cover
     from imgrag.retrieval.embedders.base import Embedder
@@ -25,6 +33,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 TEMPLATE_SETS = ("simple", "openai", "photo", "none")
 DEFAULT_TEMPLATES = "simple"
+#: index vectors sampled as the calibration reference for single images / search results
+REFERENCE_SIZE = 512
 
 
 def load_templates(spec: str | Sequence[str] | None = None) -> list[str]:
@@ -94,27 +104,51 @@ class Prediction:
 
 
 class ZeroShotClassifier:
-    """Class vectors computed once; classify vectors, images, search hits or a whole index."""
+    """Class vectors computed once; classify vectors, images, search hits or a whole index.
+
+    ``calibration`` is a method of ``queries/calibration.py`` (``auto`` = the measured default,
+    ``none`` = raw scores). The fitted correction is passed to the predict methods; without one they
+    score raw.
+    """
 
     def __init__(self, embedder: "Embedder", labels: str | Iterable[str],
                  templates: str | Sequence[str] | None = None,
-                 thresholds: dict[str, float] | None = None) -> None:
+                 thresholds: dict[str, float] | None = None, calibration: str | None = "auto") -> None:
         self.embedder = embedder
         self.labels = parse_labels(labels)
         self.templates = load_templates(templates)
+        self.calibration = resolve_method(calibration)
         self.thresholds = dict(thresholds or {})
         unknown = set(self.thresholds) - set(self.labels)
         if unknown:
             raise BadQueryError(f"thresholds for unknown labels: {', '.join(sorted(unknown))}")
         self.weights = class_vectors(embedder, self.labels, self.templates)
 
-    def probabilities(self, vectors: np.ndarray) -> np.ndarray:
-        """(n, d) image vectors → (n, C) probabilities."""
-        sims = np.asarray(vectors, dtype=np.float32) @ self.weights.T
+    def similarities(self, vectors: np.ndarray) -> np.ndarray:
+        return np.asarray(vectors, dtype=np.float32) @ self.weights.T
+
+    def fit_calibration(self, reference_vectors: np.ndarray) -> Calibration | None:
+        """This classifier's calibration fitted on (n, d) reference image vectors (None: stay raw)."""
+        if self.calibration == "none" or len(reference_vectors) == 0:
+            return None
+        return fit(self.calibration, self.similarities(reference_vectors), self.embedder.logit_scale)
+
+    def calibration_for(self, index: "Index") -> Calibration | None:
+        """Fitted on a random sample of the index (single images, search results)."""
+        if self.calibration == "none":
+            return None
+        return self.fit_calibration(reference_vectors(index))
+
+    def probabilities(self, vectors: np.ndarray, calibration: Calibration | None = None) -> np.ndarray:
+        """(n, d) image vectors → (n, C) probabilities (of the calibrated scores when given)."""
+        sims = self.similarities(vectors)
+        if calibration is not None:
+            sims = calibration.apply(sims)
         return scores_to_probs(sims, self.embedder.logit_scale, self.embedder.logit_bias)
 
-    def predict_vectors(self, vectors: np.ndarray, top_n: int = 3) -> list[Prediction]:
-        probs = self.probabilities(vectors)
+    def predict_vectors(self, vectors: np.ndarray, top_n: int = 3,
+                        calibration: Calibration | None = None) -> list[Prediction]:
+        probs = self.probabilities(vectors, calibration)
         out = []
         order = np.argsort(-probs, axis=1, kind="stable")
         for p, o in zip(probs, order):
@@ -126,8 +160,61 @@ class ZeroShotClassifier:
                 out.append(Prediction(best_label, best, top))
         return out
 
-    def predict_images(self, images, top_n: int = 3) -> list[Prediction]:
-        return self.predict_vectors(self.embedder.embed_images(images), top_n)
+    def predict_images(self, images, top_n: int = 3, calibration: Calibration | None = None) -> list[Prediction]:
+        return self.predict_vectors(self.embedder.embed_images(images), top_n, calibration)
+
+
+_REFERENCE_CACHE: OrderedDict[tuple, np.ndarray] = OrderedDict()
+_REFERENCE_LOCK = threading.Lock()
+
+
+def reference_vectors(index: "Index", n: int = REFERENCE_SIZE, seed: int = 0) -> np.ndarray:
+    """(≤ n, d): a uniform random sample of the index's vectors (all of them in a small index).
+
+    Rows are picked by position from a scan of the ``id`` column only, then their vectors are
+    fetched, so a large index costs one id scan; cached per (index, row count) for repeated calls.
+    """
+    store = index.store
+    total = store.count()
+    key = (str(index.root), total, n, seed)
+    with _REFERENCE_LOCK:
+        if key in _REFERENCE_CACHE:
+            _REFERENCE_CACHE.move_to_end(key)
+            return _REFERENCE_CACHE[key]
+    if total <= n:
+        vecs = [vectors_of(b.column("vector"), store.dim) for b in store.scan(columns=["vector"])]
+        out = np.concatenate(vecs) if vecs else np.zeros((0, store.dim), np.float32)
+    else:
+        picks = np.sort(np.random.default_rng(seed).choice(total, n, replace=False))
+        ids: list[str] = []
+        start = 0
+        for batch in store.scan(columns=["id"], batch_size=65536):
+            col = batch.column("id")
+            lo, hi = np.searchsorted(picks, [start, start + len(col)])
+            ids += [col[int(i - start)].as_py() for i in picks[lo:hi]]
+            start += len(col)
+        t = store.get(ids, columns=["vector"])
+        out = vectors_of(t.column("vector"), store.dim)
+    with _REFERENCE_LOCK:
+        _REFERENCE_CACHE[key] = out
+        while len(_REFERENCE_CACHE) > 4:
+            _REFERENCE_CACHE.popitem(last=False)
+    return out
+
+
+def fit_on_index(index: "Index", classifier: ZeroShotClassifier, filters: Filters | None = None,
+                 batch_size: int = 4096, cap: int = 20000) -> Calibration | None:
+    """The classifier's calibration fitted on the collection being classified (the rows matching
+    ``filters``): one pass over the stored vectors, on a uniform sample of at most ``cap`` rows."""
+    if classifier.calibration == "none":
+        return None
+    sample = ReservoirSample(cap)
+    for batch in index.store.scan(columns=["vector"], filters=filters, batch_size=batch_size):
+        if batch.num_rows:
+            sample.add(classifier.similarities(vectors_of(batch.column("vector"), index.store.dim)))
+    if sample.seen == 0:
+        return None
+    return fit(classifier.calibration, sample.rows, classifier.embedder.logit_scale)
 
 
 def classify_index(index: "Index", classifier: ZeroShotClassifier, write: bool = False,
@@ -135,19 +222,21 @@ def classify_index(index: "Index", classifier: ZeroShotClassifier, write: bool =
                    progress: Callable[[int, int], None] | None = None) -> Iterable[tuple[str, str, Prediction]]:
     """Classify every stored vector (no images are re-read); yields ``(id, path, prediction)``.
 
-    With ``write=True`` the top label and its probability are written back to the ``label`` /
-    ``label_score`` columns, batch by batch (usable later as a filter: ``--label``).
+    With calibration on, a first pass over the vectors fits it on the collection (standardising each
+    label's scores over the images being classified). With ``write=True`` the top label and its
+    probability are written back to the ``label`` / ``label_score`` columns (usable later as a
+    filter: ``--label``).
     """
     store = index.store
+    calibration = fit_on_index(index, classifier, filters, batch_size)
     total = store.count()
     done = 0
     to_write: list[tuple[str, str | None, float]] = []
     for batch in store.scan(columns=["id", "path", "vector"], filters=filters, batch_size=batch_size):
         ids = batch.column("id").to_pylist()
         paths = batch.column("path").to_pylist()
-        vecs = np.asarray(batch.column("vector").flatten().to_numpy(zero_copy_only=False),
-                          dtype=np.float32).reshape(len(ids), -1)
-        preds = classifier.predict_vectors(vecs, top_n)
+        preds = classifier.predict_vectors(vectors_of(batch.column("vector"), store.dim), top_n,
+                                             calibration)
         if write:
             to_write.extend((i, p.label, p.score) for i, p in zip(ids, preds))
         done += len(ids)

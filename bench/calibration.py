@@ -1,0 +1,102 @@
+#!/usr/bin/env python3
+"""Measure zero-shot calibration methods against each other (docs/quality.md, "Calibrated zero-shot").
+
+    python bench/make_eval_sets.py openclipart /tmp/oc-eval                # second-level classes
+    python bench/make_eval_sets.py openclipart /tmp/oc-top --level top     # top-level subjects
+    python bench/calibration.py --model lite data/samples /tmp/oc-eval /tmp/oc-top [--json]
+
+For every folder-per-class set and every method it reports top-1/top-5 in three settings:
+
+* ``collection`` — the calibration is fitted on the set being classified (whole-index classify, eval);
+* ``sample``     — fitted on a random sample of --sample images of the set (single image against a sample
+  of its index);
+* ``other``      — fitted on the *other* sets (single image against an unrelated reference set).
+
+Image vectors are cached in --cache (keyed by model and folder) so reruns only redo the arithmetic.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from imgrag.retrieval.queries import calibration as cal
+
+
+def load_set(emb, model: str, root: str, cache: Path, depth: int):
+    from imgrag.retrieval.queries.evaluate import class_words, embed_image_files, folder_dataset
+
+    classes, paths, targets = folder_dataset(root, depth)
+    key = hashlib.sha1(f"{model}|{os.path.abspath(root)}|{depth}|{len(paths)}".encode()).hexdigest()[:12]
+    f = cache / f"{Path(root).name}-{key}.npy"
+    if f.is_file():
+        vecs = np.load(f)
+    else:
+        vecs, _ = embed_image_files(emb, paths)
+        cache.mkdir(parents=True, exist_ok=True)
+        np.save(f, vecs)
+    return [class_words(c) for c in classes], vecs, np.asarray(targets)
+
+
+def accuracy(sims: np.ndarray, y: np.ndarray) -> tuple[float, float, int]:
+    order = np.argsort(-sims, axis=1, kind="stable")
+    top1 = float((order[:, 0] == y).mean())
+    top5 = float((order[:, : min(5, sims.shape[1])] == y[:, None]).any(axis=1).mean())
+    max_share = int(np.bincount(order[:, 0], minlength=sims.shape[1]).max())
+    return top1, top5, max_share
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("sets", nargs="+", help="folder-per-class roots")
+    ap.add_argument("--model", default="lite")
+    ap.add_argument("--templates", default="simple")
+    ap.add_argument("--depth", type=int, default=1)
+    ap.add_argument("--sample", type=int, default=256, help="reference sample size for the 'sample' setting")
+    ap.add_argument("--cache", default=str(Path(__file__).resolve().parent / ".cache" / "calibration"))
+    ap.add_argument("--json", action="store_true")
+    a = ap.parse_args()
+
+    from imgrag.retrieval.embedders import load_embedder
+    from imgrag.retrieval.queries.classify import class_vectors, load_templates
+
+    emb = load_embedder(a.model, device="cpu")
+    data = {s: load_set(emb, a.model, s, Path(a.cache), a.depth) for s in a.sets}
+    templates = load_templates(a.templates)
+    rng = np.random.default_rng(0)
+    rows = []
+    for s, (labels, vecs, y) in data.items():
+        w = class_vectors(emb, labels, templates)
+        sims = vecs @ w.T
+        others = np.concatenate([v for t, (_, v, _) in data.items() if t != s]) if len(data) > 1 else None
+        for method in ("none", *cal.METHODS):
+            settings = {"collection": sims,
+                        "sample": sims[rng.choice(len(sims), min(a.sample, len(sims)), replace=False)]}
+            if others is not None:
+                settings["other"] = others @ w.T
+            for setting, ref in settings.items():
+                c = cal.fit(method, ref, emb.logit_scale)
+                t1, t5, share = accuracy(c.apply(sims) if c else sims, y)
+                rows.append({"set": s, "n": len(y), "classes": len(labels), "method": method, "fit_on": setting,
+                             "top1": round(t1, 4), "top5": round(t5, 4), "max_label_share": share})
+                if method == "none":
+                    break
+    if a.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'set':<22}{'n':>6}{'C':>4}  {'method':<9}{'fit on':<11}{'top-1':>7}{'top-5':>7}{'max/label':>10}")
+    for r in rows:
+        print(f"{Path(r['set']).name:<22}{r['n']:>6}{r['classes']:>4}  {r['method']:<9}{r['fit_on']:<11}"
+              f"{100 * r['top1']:>6.1f}%{100 * r['top5']:>6.1f}%{r['max_label_share']:>10}")
+    sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
