@@ -31,6 +31,7 @@ from imgrag.retrieval.stores.base import Filters
 
 from fakes import DIM, FakeEmbedder
 from reliability import all_rows
+from waiting import wait_until
 
 TESTS = Path(__file__).resolve().parent
 SEARCHES = 1000
@@ -53,7 +54,9 @@ orig_upsert, orig_delete = st.upsert, st.delete
 
 def note(rec):
     log.write(json.dumps(rec) + "\n"); log.flush(); os.fsync(log.fileno())
-    time.sleep({pause})  # pace the writer (a real model is slower than the fake one)
+    # pace the writer (a real model is slower than the fake one) so searches overlap several commits;
+    # each result is checked against every committed state, so no interleaving can make a check pass wrongly
+    time.sleep({pause})
 
 def upsert(rows):
     orig_upsert(rows)
@@ -150,10 +153,8 @@ def test_searches_during_indexing_match_a_committed_state(store, tmp_path):
     writer = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
 
     # readers start once the writer has committed something; 1,000 searches in all
-    deadline = time.time() + 300
-    while (not log_path.exists() or log_path.read_text().count("\n") < 2) and writer.poll() is None:
-        assert time.time() < deadline
-        time.sleep(0.01)
+    wait_until(lambda: (log_path.exists() and log_path.read_text().count("\n") >= 2) or writer.poll() is not None,
+               300, "the writer's first commit")
     results: list[list] = [[] for _ in range(THREADS)]
     errors: list[BaseException] = []
     counter = {"n": 0}
@@ -177,7 +178,7 @@ def test_searches_during_indexing_match_a_committed_state(store, tmp_path):
                     hits = search(reader, q, K, filters=f)
                 results[t].append((q, glob, [h.id for h in hits], np.asarray([h.score for h in hits], np.float32),
                                    [h.path for h in hits]))
-                time.sleep(0.004)  # spread the 1,000 searches over the writer's run
+                time.sleep(0.004)  # spread the 1,000 searches over the writer's run (pacing, not a wait)
         except BaseException as e:  # noqa: BLE001
             errors.append(e)
 

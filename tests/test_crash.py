@@ -136,7 +136,7 @@ def test_sigkill_at_random_moments_then_rerun_equals_clean(store, tmp_path, serv
             workers = 1 if trials % 5 == 0 else 0
             delay = float(rng.uniform(0.0, clean_s))
             pid = server.start(d, store, coll, workers)
-            time.sleep(delay)
+            time.sleep(delay)  # the kill moment: the input under test, not a wait for something
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -168,7 +168,7 @@ def test_kill_harness_catches_a_non_atomic_writer(tmp_path, server):
         for trial in range(40):
             d = tmp_path / f"t{trial}"
             pid = bad.start(d, "faiss", coll)
-            time.sleep(float(rng.uniform(0.05, 0.6)))
+            time.sleep(float(rng.uniform(0.05, 0.6)))  # the kill moment (input, not a wait)
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -198,15 +198,15 @@ from imgrag.indexer.lock import IndexLock
 lock = IndexLock({root!r}).acquire()
 if {fork_worker}:
     if os.fork() == 0:  # like a DataLoader decode worker: a forked child of the lock holder
-        time.sleep(60); os._exit(0)
+        sys.stdin.read(); os._exit(0)
 print("locked", flush=True)
-time.sleep(60)
+sys.stdin.read()  # hold the lock until the test kills us (or, if the test dies, until its end of the pipe closes)
 """
 
 
 def _holder(root: Path, fork_worker: bool = False) -> subprocess.Popen:
     p = subprocess.Popen([sys.executable, "-c", HOLDER.format(tests=str(TESTS), root=str(root), fork_worker=fork_worker)],
-                         stdout=subprocess.PIPE, text=True, start_new_session=True)
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, start_new_session=True)
     assert p.stdout.readline().strip() == "locked"
     return p
 
