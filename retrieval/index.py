@@ -25,7 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from imgrag.retrieval.errors import (CorruptIndexError, IndexMismatchError, IndexNotFoundError)
+from imgrag.retrieval.errors import CorruptIndexError, ImgragError, IndexMismatchError, IndexNotFoundError
 from imgrag.retrieval.location import Location, is_uri
 from imgrag.retrieval.stores import SCHEMA_VERSION, STORES, VectorStore, open_store
 
@@ -41,25 +41,6 @@ def default_index_dir() -> Path | str:
         return env.rstrip("/") if is_uri(env) else Path(env).expanduser()
     base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
     return Path(base) / "imgrag" / "index"
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write via a temp file in the same folder, fsync, rename: readers see old or new, never half."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    try:
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:  # pragma: no cover - some filesystems refuse directory fsync
-        pass
 
 
 @dataclass
@@ -136,12 +117,8 @@ class Index:
         loc = Location(root if root is not None else default_index_dir())
         root = loc.root
         if store not in STORES:
-            from imgrag.retrieval.errors import ImgragError
-
             raise ImgragError(f"unknown store {store!r}; available: {', '.join(STORES)}")
         if loc.remote and store != "lancedb":
-            from imgrag.retrieval.errors import ImgragError
-
             raise ImgragError(f"the {store} store needs a local folder; use --store lancedb for an index on {loc.scheme}://")
         if rebuild and loc.exists(MANIFEST):
             # the manifest goes last: a crash mid-way leaves it naming the old model, so the half-deleted
@@ -177,9 +154,7 @@ class Index:
     def store(self) -> VectorStore:
         if self._store is None:
             if self.location.remote and self.manifest.store != "lancedb":
-                from imgrag.retrieval.errors import ImgragError
-
-                raise ImgragError(f"the {self.manifest.store} store cannot live on object storage ({self.root})")
+                    raise ImgragError(f"the {self.manifest.store} store cannot live on object storage ({self.root})")
             self._store = open_store(self.manifest.store, self.location.join(self.manifest.store), self.manifest.dim,
                                      **self.manifest.store_options)
         return self._store

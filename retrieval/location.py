@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from imgrag.retrieval import atomic
 from imgrag.retrieval.errors import ImgragError
 
 #: URI schemes served by object storage (pyarrow.fs and Lance's object_store understand them all).
@@ -119,9 +120,8 @@ class Location:
     def write_bytes(self, name: str, data: bytes) -> None:
         """Replace ``name`` atomically (readers see the old or the new content, never half)."""
         if self.local:
-            from imgrag.retrieval.index import atomic_write_bytes
-
-            atomic_write_bytes(Path(self.root) / name, data)
+            # looked up on the module at call time: the crash tests swap in a non-atomic writer there
+            atomic.atomic_write_bytes(Path(self.root) / name, data)
             return
 
         def write() -> None:

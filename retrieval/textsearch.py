@@ -43,7 +43,7 @@ def _fold(w: str) -> str:
 def bm25_search(store: "VectorStore", query: str, k: int, filters: "Filters | None" = None,
                 exclude_ids: Sequence[str] = (), batch_size: int = 4096) -> list["Hit"]:
     """Exact BM25 top-``k`` over the ``text`` column of any store (rows without text never match)."""
-    from imgrag.retrieval.stores.base import META_COLUMNS, Hit
+    from imgrag.retrieval.stores.schema import META_COLUMNS, Hit
 
     terms = list(dict.fromkeys(tokenize(query)))
     if not terms or k < 1:

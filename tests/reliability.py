@@ -105,16 +105,16 @@ def _sabotage_manifest_writes() -> None:
     bug that temp file + rename prevents)."""
     import time
 
-    import imgrag.retrieval.index as index_mod
+    import imgrag.retrieval.atomic as atomic_mod
 
-    def torn_write(path, data: bytes) -> None:
+    def torn_write(path, data: bytes, durable: bool = True) -> None:
         with open(path, "wb") as f:
             f.write(data[: len(data) // 2])
             f.flush()
             time.sleep(0.02)
             f.write(data[len(data) // 2:])
 
-    index_mod.atomic_write_bytes = torn_write
+    atomic_mod.atomic_write_bytes = torn_write
 
 
 def index_worker_main(argv: list[str]) -> None:
@@ -137,7 +137,7 @@ def index_worker_main(argv: list[str]) -> None:
 
     import imgrag.indexer.pipeline  # noqa: F401
     import imgrag.retrieval.index  # noqa: F401
-    import imgrag.retrieval.stores.faiss_store  # noqa: F401
+    import imgrag.retrieval.stores.faiss  # noqa: F401
     import imgrag.retrieval.stores.lance  # noqa: F401
     import PIL.Image  # noqa: F401
     import PIL.PngImagePlugin  # noqa: F401

@@ -21,7 +21,7 @@ def open_store(kind: str, root: Path, dim: int, **options) -> VectorStore:
 
         return LanceStore(root, dim, **options)
     if kind == "faiss":
-        from imgrag.retrieval.stores.faiss_store import FaissStore
+        from imgrag.retrieval.stores.faiss import FaissStore
 
         return FaissStore(root, dim, **options)
     raise ImgragError(f"unknown store {kind!r}; available: {', '.join(STORES)}")
