@@ -52,7 +52,7 @@ demo-index: install
 	$(VENV)/bin/imgrag ask "What is the rocket doing?" --index $(DEMO_INDEX)
 
 demo: demo-index
-	@if [ -f app/ui.py ] && [ -z "$(NO_SERVE)" ]; then \
+	@if [ -f app/web/server.py ] && [ -z "$(NO_SERVE)" ]; then \
 	  echo; echo "Starting the web UI on http://127.0.0.1:7860 (Ctrl-C to stop; NO_SERVE=1 skips)"; \
 	  $(VENV)/bin/imgrag serve --index $(DEMO_INDEX); \
 	fi

@@ -165,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     # ask (only when the answer module is installed in this build)
     if _available("imgrag.retrieval.queries.answer"):
         _add_ask(sub, common)
-    if _available("imgrag.app.ui"):
+    if _available("imgrag.app.web.server"):
         _add_serve(sub, common)
 
     # eval
@@ -550,7 +550,7 @@ def cmd_ask(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    from imgrag.app.ui import serve
+    from imgrag.app.web.server import serve
 
     return serve(args)
 

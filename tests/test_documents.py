@@ -604,7 +604,7 @@ def test_answer_sends_page_text_as_data_and_cites_document_and_page(tmp_path):
 
 
 def test_ui_backend_search_uses_hybrid_for_documents_and_shows_page_and_snippet(tmp_path):
-    from imgrag.app.ui_core import Backend, UIConfig
+    from imgrag.app.web.backend import Backend, UIConfig
 
     docs = tmp_path / "docs"
     docs.mkdir()
@@ -618,7 +618,7 @@ def test_ui_backend_search_uses_hybrid_for_documents_and_shows_page_and_snippet(
     assert top.snippet == "Cormorants nest on the sea cliffs"
     assert "guide.pdf p.2" in top.caption and top.caption.endswith("Cormorants nest on the sea cliffs")
     assert Path(top.thumb).exists()  # a rendered thumbnail of the page
-    from imgrag.app.ui import matches_html
+    from imgrag.app.web.html import matches_html
 
     d = top.to_dict()
     assert d["match_spans"] == [[0, 10], [27, 33]]
@@ -626,7 +626,7 @@ def test_ui_backend_search_uses_hybrid_for_documents_and_shows_page_and_snippet(
     assert "1. guide.pdf · page 2</span>" in m
     assert "<mark>Cormorants</mark> nest on the sea <mark>cliffs</mark>" in m
     # the Search tab's handler returns the same list as its last output (the #search-matches panel)
-    from imgrag.app.ui import build_blocks
+    from imgrag.app.web.layout import build_blocks
 
     demo = build_blocks(be)
     fns = demo.fns.values() if isinstance(demo.fns, dict) else demo.fns

@@ -16,8 +16,9 @@ import pytest
 from PIL import Image
 
 from fakes import FakeEmbedder
-from imgrag.app.ui_core import (Backend, JobStatus, NotServable, UIConfig, format_eta, image_mime, load_upload,
-                                make_filters, read_indexed)
+from imgrag.app.web.backend import Backend, UIConfig, make_filters
+from imgrag.app.web.files import NotServable, image_mime, load_upload, read_indexed
+from imgrag.app.web.jobs import JobStatus, format_eta
 from imgrag.indexer.pipeline import IndexOptions, build_index
 from imgrag.retrieval.errors import BadQueryError, ImgragError
 from imgrag.retrieval.index import Index
@@ -380,7 +381,7 @@ def test_ask_streams_and_cites(backend):
 
 # ------------------------------------------------------------------------------------------------ UI helpers
 def test_html_helpers_escape_untrusted_text():
-    from imgrag.app.ui import detail_html, error_text, job_html, skipped_html, status_html
+    from imgrag.app.web.html import detail_html, error_text, job_html, skipped_html, status_html
 
     item = {"id": f"/p/{XSS_NAME}", "path": f"/p/{XSS_NAME}", "name": XSS_NAME, "score": 0.5, "label": "<b>x</b>"}
     h = detail_html(item)
@@ -399,7 +400,7 @@ def test_html_helpers_escape_untrusted_text():
 
 
 def test_snippet_highlight_is_escaped_and_marks_only_the_query_words():
-    from imgrag.app.ui import detail_html, matches_html, snippet_html
+    from imgrag.app.web.html import detail_html, matches_html, snippet_html
 
     snip = "Cormorants <img src=x onerror=alert(1)> nest & breed on cliffs"
     spans = [(0, 10), (snip.index("cliffs"), len(snip))]  # "Cormorants", "cliffs"

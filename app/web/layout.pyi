@@ -1,0 +1,371 @@
+"""The web UI's Gradio Blocks: one function per tab, plus the background-job wiring they share.
+
+Tabs: Search, Search by image, Classify, Ask, Index. The work behind them is :class:`~.backend.Backend`'s
+(plain Python, tested directly); this module only lays it out and turns errors into readable messages
+(:func:`~.html.error_text`). Components are created, and events registered, in the page's order, so the
+page and its API list read top to bottom.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from imgrag.app.web.backend import Backend
+from imgrag.app.web.files import NotServable
+from imgrag.app.web.html import (classify_table_html, detail_html, error_text, esc, gallery_value, generator_html,
+                                 info_html, job_html, matches_html, notes_html, skipped_html, status_html)
+from imgrag.retrieval.errors import ImgragError
+
+
+def _upload_component():
+    """``gr.Image`` whose preprocessing never opens the file: imgrag checks bytes and header first."""
+    import gradio as gr
+from gradio.events import Dependency
+
+    class UploadImage(gr.Image):
+        is_template = True  # rendered by the stock Image front-end
+
+        def preprocess(self, payload):  # type: ignore[override]
+            if payload is None:
+                return None
+            if payload.url and payload.url.startswith("data:"):
+                return _data_url_to_file(payload.url, self.GRADIO_CACHE)
+            return str(payload.path) if payload.path else None
+
+    return UploadImage
+
+
+def _data_url_to_file(url: str, cache_dir: str) -> str:
+    import base64
+    import tempfile
+
+    head, _, b64 = url.partition(",")
+    if len(b64) > 200 * 1024 * 1024:
+        raise ImgragError("upload too large")
+    data = base64.b64decode(b64)
+    fd, p = tempfile.mkstemp(dir=cache_dir, suffix=".img")
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    return p
+
+
+@dataclass
+class _Shared:
+    """State and components more than one tab uses."""
+
+    backend: Backend
+    upload: Any  # the UploadImage component class
+    max_k: int
+    results: Any  # gr.State: the last results as dicts (Search, Search by image → Classify)
+    selected: Any  # gr.State: the id of the selected result (More like this)
+    timer: Any  # gr.Timer: polls a running background job
+
+
+@dataclass
+class _ClassifyParts:
+    labels: Any
+    templates: Any
+    write_back: Any
+    index_btn: Any
+    status: Any
+    job: Any
+
+
+@dataclass
+class _IndexParts:
+    info: Any
+    skipped: Any
+    folder: Any
+    index_btn: Any
+    status: Any
+    job: Any
+
+
+def build_blocks(backend: Backend):
+    import gradio as gr
+
+    from imgrag.retrieval.queries.classify import load_templates
+
+    with gr.Blocks(title="imgrag", analytics_enabled=False) as demo:
+        gr.HTML("<h2 style='margin:0'>imgrag</h2><div>Search, classify and ask about your images — "
+                f"index <code>{esc(backend.root)}</code></div>")
+        sh = _Shared(backend=backend, upload=_upload_component(), max_k=min(100, backend.config.max_k),
+                     results=gr.State([]), selected=gr.State(None), timer=gr.Timer(1.0, active=False))
+        _search_tab(sh)
+        _image_tab(sh)
+        cls = _classify_tab(sh, "\n".join(load_templates("simple")))
+        _ask_tab(sh)
+        idx = _index_tab(sh, demo)
+        _job_wiring(sh, demo, cls, idx)
+    return demo
+
+
+def _search_tab(sh: _Shared) -> None:
+    import gradio as gr
+
+    backend = sh.backend
+    with gr.Tab("Search", id="search"):
+        with gr.Row():
+            q = gr.Textbox(label="Search", placeholder="a dog on a beach", scale=5, elem_id="search-query",
+                           lines=1, max_lines=1)
+            search_btn = gr.Button("Search", variant="primary", scale=1, elem_id="search-button")
+        with gr.Accordion("Filters and options", open=False):
+            with gr.Row():
+                k = gr.Slider(1, sh.max_k, value=12, step=1, label="Results (k)", elem_id="search-k")
+                cutoff = gr.Slider(0.0, 1.0, value=0.0, step=0.01, label="Relevance cutoff",
+                                   info="hide results scoring below this (0 = show all)", elem_id="search-cutoff")
+                sort_date = gr.Checkbox(False, label="Sort by capture date (after the cutoff)",
+                                        elem_id="search-sort-date")
+            with gr.Row():
+                glob = gr.Textbox(label="Path glob", placeholder="*/2019/*  or  *.png", elem_id="search-glob")
+                after = gr.Textbox(label="Taken on or after", placeholder="YYYY-MM-DD", elem_id="search-after")
+                before = gr.Textbox(label="Taken on or before", placeholder="YYYY-MM-DD", elem_id="search-before")
+        search_status = gr.HTML(status_html(), elem_id="search-status")
+        gallery = gr.Gallery(label="Results", columns=4, height="auto", object_fit="contain",
+                             allow_preview=False, elem_id="search-gallery")
+        matches = gr.HTML("", elem_id="search-matches")
+        with gr.Row():
+            detail = gr.HTML(detail_html(None), elem_id="search-detail")
+            more_btn = gr.Button("More like this", elem_id="more-like-this", scale=0)
+
+    def run_search(query, k_, cut, sort_, glob_, after_, before_):
+        try:
+            items = backend.search_text(query, int(k_), glob_, after_, before_, cut if cut > 0 else None, sort_)
+        except Exception as e:  # noqa: BLE001
+            return [], [], None, detail_html(None), status_html(error_text(e), True), ""
+        msg = f"{len(items)} result(s) for {query.strip()!r}" if items else "no results (try a lower cutoff or fewer filters)"
+        dicts = [it.to_dict() for it in items]
+        return gallery_value(items), dicts, None, detail_html(None), status_html(msg), matches_html(dicts)
+
+    search_outputs = [gallery, sh.results, sh.selected, detail, search_status, matches]
+    search_inputs = [q, k, cutoff, sort_date, glob, after, before]
+    search_btn.click(run_search, search_inputs, search_outputs, api_name="search")
+    q.submit(run_search, search_inputs, search_outputs, api_name=False)
+
+    def on_select(results, evt: gr.SelectData):
+        i = evt.index if isinstance(evt.index, int) else (evt.index[0] if evt.index else None)
+        if i is None or not results or i >= len(results):
+            return None, detail_html(None)
+        return results[i]["id"], detail_html(results[i])
+
+    gallery.select(on_select, [sh.results], [sh.selected, detail], api_name=False)
+
+    def run_more(sel, k_, cut, sort_, glob_, after_, before_):
+        try:
+            if not sel:
+                raise ImgragError("select a result first (click a thumbnail), then 'More like this'")
+            items = backend.more_like(sel, int(k_), glob_, after_, before_, cut if cut > 0 else None, sort_)
+        except Exception as e:  # noqa: BLE001
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), status_html(error_text(e), True), gr.skip()
+        dicts = [it.to_dict() for it in items]
+        return (gallery_value(items), dicts, None, detail_html(None),
+                status_html(f"{len(items)} image(s) like the selected one"), matches_html(dicts))
+
+    more_btn.click(run_more, [sh.selected, k, cutoff, sort_date, glob, after, before], search_outputs,
+                   api_name="more_like_this")
+
+
+def _image_tab(sh: _Shared) -> None:
+    import gradio as gr
+
+    with gr.Tab("Search by image", id="image"):
+        with gr.Row():
+            with gr.Column(scale=1):
+                qimg = sh.upload(type="filepath", sources=["upload", "clipboard"], label="Query image",
+                                 elem_id="image-query", height=280)
+                k2 = gr.Slider(1, sh.max_k, value=12, step=1, label="Results (k)")
+                img_btn = gr.Button("Find similar images", variant="primary", elem_id="image-button")
+            with gr.Column(scale=3):
+                img_status = gr.HTML(status_html(), elem_id="image-status")
+                img_gallery = gr.Gallery(label="Nearest images", columns=4, height="auto", object_fit="contain",
+                                         allow_preview=False, elem_id="image-gallery")
+
+    def run_image(path, k_):
+        try:
+            items = sh.backend.search_image(path, int(k_))
+        except Exception as e:  # noqa: BLE001
+            return [], [], status_html(error_text(e), True)
+        return gallery_value(items), [it.to_dict() for it in items], status_html(f"{len(items)} nearest image(s)")
+
+    img_btn.click(run_image, [qimg, k2], [img_gallery, sh.results, img_status], api_name="search_image")
+
+
+def _classify_tab(sh: _Shared, default_templates: str) -> _ClassifyParts:
+    import gradio as gr
+
+    backend = sh.backend
+    with gr.Tab("Classify", id="classify"):
+        with gr.Row():
+            with gr.Column(scale=2):
+                labels = gr.Textbox(label="Labels (one per line)", lines=6, value="cat\ndog\nfood\nvehicle\nbuilding",
+                                    elem_id="classify-labels")
+                templates = gr.Textbox(label="Prompt templates ({} is replaced by the label)", lines=6,
+                                       value=default_templates, elem_id="classify-templates")
+            with gr.Column(scale=2):
+                cimg = sh.upload(type="filepath", sources=["upload", "clipboard"], label="Image to classify",
+                                 elem_id="classify-image", height=240)
+                cls_btn = gr.Button("Classify image", variant="primary", elem_id="classify-button")
+                probs = gr.Label(label="Label probabilities", num_top_classes=10, elem_id="classify-probs")
+        cls_status = gr.HTML(status_html(), elem_id="classify-status")
+        with gr.Row():
+            cls_results_btn = gr.Button("Classify the current search results", elem_id="classify-results")
+            write_back = gr.Checkbox(True, label="Write the top label into the index (filterable later)")
+            cls_index_btn = gr.Button("Classify whole index (background)", elem_id="classify-index")
+        cls_table = gr.HTML("", elem_id="classify-table")
+        cls_job = gr.HTML(job_html(backend.jobs.status), elem_id="classify-job")
+
+    def run_classify(path, labels_, templates_):
+        try:
+            return backend.classify_upload(path, labels_, templates_), status_html("")
+        except Exception as e:  # noqa: BLE001
+            return None, status_html(error_text(e), True)
+
+    cls_btn.click(run_classify, [cimg, labels, templates], [probs, cls_status], api_name="classify_image")
+
+    def run_classify_results(results, labels_, templates_):
+        try:
+            rows = backend.classify_ids([r["id"] for r in (results or [])], labels_, templates_)
+        except Exception as e:  # noqa: BLE001
+            return "", status_html(error_text(e), True)
+        return classify_table_html(rows), status_html(f"classified {len(rows)} search result(s)")
+
+    cls_results_btn.click(run_classify_results, [sh.results, labels, templates], [cls_table, cls_status],
+                          api_name="classify_results")
+    return _ClassifyParts(labels=labels, templates=templates, write_back=write_back, index_btn=cls_index_btn,
+                          status=cls_status, job=cls_job)
+
+
+def _ask_tab(sh: _Shared) -> None:
+    import gradio as gr
+
+    backend = sh.backend
+    with gr.Tab("Ask", id="ask"):
+        with gr.Row():
+            question = gr.Textbox(label="Question", placeholder="What is the cat lying on?", scale=5,
+                                  elem_id="ask-question", lines=1, max_lines=3)
+            ask_btn = gr.Button("Ask", variant="primary", scale=1, elem_id="ask-button")
+        with gr.Accordion("Options", open=False):
+            with gr.Row():
+                ask_k = gr.Slider(1, 50, value=8, step=1, label="Images retrieved")
+                ask_max = gr.Slider(1, 8, value=4, step=1, label="Images sent to the model")
+        gen_md = gr.HTML(generator_html(backend.generator_name()), elem_id="ask-generator")
+        with gr.Row():
+            with gr.Column(scale=3):
+                answer_md = gr.Markdown("", elem_id="ask-answer", sanitize_html=True)
+                ask_status = gr.HTML(status_html(), elem_id="ask-status")
+            with gr.Column(scale=2):
+                cited = gr.Gallery(label="Cited images", columns=2, height="auto", object_fit="contain",
+                                   allow_preview=False, elem_id="ask-cited")
+
+    def run_ask(question_, k_, max_):
+        text = ""
+        try:
+            for kind, val in backend.ask(question_, int(k_), int(max_)):
+                if kind == "chunk":
+                    text += val
+                    yield text, gr.skip(), status_html("generating…"), gr.skip()
+                else:
+                    res = val
+                    notes = []
+                    if res.no_answer:
+                        notes.append("No image matched well enough, so no model was asked.")
+                    notes += list(res.notes or [])
+                    yield (res.text, _cited_gallery(backend, res), notes_html(notes),
+                           generator_html(res.generator, res.text_only))
+        except Exception as e:  # noqa: BLE001
+            yield text, gr.skip(), status_html(error_text(e), True), gr.skip()
+
+    ask_outputs = [answer_md, cited, ask_status, gen_md]
+    # one answer generated at a time: a language model's memory is bounded, other tabs are not blocked
+    ask_btn.click(run_ask, [question, ask_k, ask_max], ask_outputs, api_name="ask", concurrency_limit=1,
+                  concurrency_id="ask")
+    question.submit(run_ask, [question, ask_k, ask_max], ask_outputs, api_name=False, concurrency_limit=1,
+                    concurrency_id="ask")
+
+
+def _cited_gallery(backend: Backend, res) -> list[tuple[str, str]]:
+    """(thumbnail, caption) of each cited image; the placeholder for one no longer readable."""
+    cites = []
+    for c in res.citations:
+        try:
+            th = str(backend.thumbnail(c.id))
+        except NotServable:
+            th = str(backend.thumbs.placeholder())
+        cites.append((th, f"[{c.n}] {os.path.basename(c.path)} · {c.score:.3f}"))
+    return cites
+
+
+def _index_view(backend: Backend) -> tuple[str, str]:
+    try:
+        info = backend.info()
+        sk = backend.skipped()
+        return info_html(info), skipped_html(sk, info.get("skipped"))
+    except Exception as e:  # noqa: BLE001
+        return status_html(error_text(e), True), ""
+
+
+def _index_tab(sh: _Shared, demo) -> _IndexParts:
+    import gradio as gr
+
+    backend = sh.backend
+    with gr.Tab("Index", id="index"):
+        with gr.Row():
+            with gr.Column(scale=2):
+                info_box = gr.HTML("", elem_id="index-info")
+                refresh_btn = gr.Button("Refresh", size="sm")
+            with gr.Column(scale=3):
+                folder = gr.Textbox(label="Add a folder on this machine to the index",
+                                    placeholder="/home/me/Pictures", elem_id="index-folder")
+                index_btn = gr.Button("Index folder (background)", variant="primary", elem_id="index-button")
+                idx_status = gr.HTML(status_html(), elem_id="index-status")
+                idx_job = gr.HTML(job_html(backend.jobs.status), elem_id="index-job")
+        skipped_box = gr.HTML("", elem_id="index-skipped")
+
+    def index_view():
+        return _index_view(backend)
+
+    refresh_btn.click(index_view, None, [info_box, skipped_box], api_name="index_info")
+    demo.load(index_view, None, [info_box, skipped_box], api_name=False)
+    return _IndexParts(info=info_box, skipped=skipped_box, folder=folder, index_btn=index_btn, status=idx_status,
+                       job=idx_job)
+
+
+def _job_wiring(sh: _Shared, demo, cls: _ClassifyParts, idx: _IndexParts) -> None:
+    """The two background jobs (index a folder, classify the whole index) and the timer that shows their
+    progress in both tabs while one runs."""
+    import gradio as gr
+
+    backend = sh.backend
+
+    def start_index(folder_):
+        try:
+            backend.start_indexing(folder_)
+        except Exception as e:  # noqa: BLE001
+            return status_html(error_text(e), True), gr.skip()
+        return status_html("indexing started; you can keep searching meanwhile"), gr.Timer(active=True)
+
+    idx.index_btn.click(start_index, [idx.folder], [idx.status, sh.timer], api_name="index_folder")
+
+    def start_classify_index(labels_, templates_, write_):
+        try:
+            backend.start_classify_index(labels_, templates_, bool(write_))
+        except Exception as e:  # noqa: BLE001
+            return status_html(error_text(e), True), gr.skip()
+        return status_html("classifying the whole index in the background"), gr.Timer(active=True)
+
+    cls.index_btn.click(start_classify_index, [cls.labels, cls.templates, cls.write_back], [cls.status, sh.timer],
+                        api_name="classify_index")
+
+    def tick():
+        st = backend.jobs.status
+        h = job_html(st)
+        if st.state == "running":
+            return h, h, gr.skip(), gr.skip(), gr.skip()
+        info, sk = _index_view(backend)
+        return h, h, info, sk, gr.Timer(active=False)
+
+    sh.timer.tick(tick, None, [idx.job, cls.job, idx.info, idx.skipped, sh.timer], api_name=False,
+                  show_progress="hidden")
+    demo.load(lambda: gr.Timer(active=backend.jobs.busy()), None, [sh.timer], api_name=False)
