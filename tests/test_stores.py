@@ -691,6 +691,27 @@ def test_faiss_stray_files_are_ignored_and_cleaned(tmp_path, data):
     assert {n for n in names if re.match(r"^(seg|meta|del)-", n)} == referenced
 
 
+def test_faiss_old_temp_files_of_both_naming_rules_are_cleaned(tmp_path, data):
+    """Temp files of crashed writers go once they are old: today's names (``.x.tmp-PID-TID``) and the
+    older manifest rule (``.x.tmp-PID``) that existing indexes may still hold; fresh ones and files
+    that are not temp files stay."""
+    root, _man = _faiss_store_with_index(tmp_path, data)
+    old = time.time() - 3600
+    stale = [".seg-00000999.parquet.tmp-999999-140000", ".manifest.json.tmp-999999"]
+    fresh = [".manifest.json.tmp-999998-1", ".manifest.json.tmp-999997"]
+    other = [".notes.tmp-x", "notes.tmp-123"]
+    for name in stale + fresh + other:
+        (root / name).write_bytes(b"x")
+    for name in stale + other:
+        os.utime(root / name, (old, old))
+    st = mk("faiss", tmp_path)
+    st.optimize()
+    names = set(os.listdir(root))
+    assert not names & set(stale)
+    assert set(fresh + other) <= names
+    assert st.count() == len(data[0])
+
+
 CRASH_WRITER = textwrap.dedent("""
     import sys, numpy as np
     from imgrag.retrieval.stores import open_store, make_rows
