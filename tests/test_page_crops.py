@@ -22,8 +22,13 @@ from imgrag.retrieval.index import Index
 from imgrag.retrieval.pagecrop import locate, render_crop
 from imgrag.retrieval.queries.answer import answer
 
-pytest.importorskip("pypdfium2")
-fpdf = pytest.importorskip("fpdf")
+
+def pdf_tools():
+    """fpdf2 writes the test PDFs, pypdfium2 reads them: skipped only in the tests that make a PDF, not
+    in the whole module (the generator tests below need neither)."""
+    pytest.importorskip("pypdfium2")
+    return pytest.importorskip("fpdf")
+
 
 A4 = (210.0, 297.0)  # mm
 FILLER = "General information about the company, its history and its many departments. " * 14
@@ -35,7 +40,7 @@ SECRET_PT = 5.0  # font size: small print
 def write_pdf(path: Path, pages: list[bool]) -> tuple[Path, tuple[float, float, float, float]]:
     """A4 pages of 10-pt filler; pages flagged True also carry SECRET in 5-pt type at SECRET_XY.
     Returns the path and SECRET's box as page fractions (left, top, right, bottom)."""
-    pdf = fpdf.FPDF(format="A4")
+    pdf = pdf_tools().FPDF(format="A4")
     pdf.set_auto_page_break(False)
     box = None
     for secret in pages:
@@ -118,6 +123,7 @@ def test_crop_is_the_region_at_a_higher_pixel_density(tmp_path):
 
 
 def test_image_only_page_with_ocr_text_gets_its_densest_region(tmp_path):
+    pdf_tools()
     page = Image.new("RGB", (1240, 1754), "white")
     d = ImageDraw.Draw(page)
     font = ImageFont.load_default(size=28)
