@@ -95,10 +95,67 @@ def test_eval_zeroshot_and_retrieval_on_generated_data(tmp_path):
     _colour_tree(tmp_path)
     classes, paths, targets = folder_dataset(tmp_path, depth=2)
     assert classes == ["colours/blue", "colours/green", "colours/red"] and len(paths) == 9
-    n, reps = eval_zeroshot(FakeEmbedder(), tmp_path / "colours", ["none"], depth=1)
+    run = eval_zeroshot(FakeEmbedder(), tmp_path / "colours", ["none"], depth=1)
+    n, reps = run.images, run.reports
     assert n == 9 and reps[0].top1 == 1.0 and reps[0].per_class == {"blue": 1.0, "green": 1.0, "red": 1.0}
     caps = tmp_path / "caps.tsv"
     caps.write_text("red/0.png\tred\ngreen/0.png\tgreen\nblue/0.png\tblue\nblue/0.png\tsomething else\n")
     r = eval_retrieval(FakeEmbedder(), tmp_path / "colours", caps)
     assert r.images == 3 and r.captions == 4
     assert r.image_to_text[1] == 1.0 and r.text_to_image[5] == 1.0 and 0.5 <= r.text_to_image[1] <= 1.0
+
+
+# --- calibrated classify over a store -----------------------------------------------------------------------
+def _hub_store(tmp_path, kind: str = "faiss"):
+    """A store of 5 classes × 30 vectors where label 0 is a hub (see tests/test_calibration.py)."""
+    from types import SimpleNamespace
+
+    from imgrag.retrieval.stores import open_store
+    from imgrag.retrieval.stores.base import make_rows
+
+    rng = np.random.default_rng(0)
+    c, d, n_per = 5, 8, 30
+    basis = np.linalg.qr(rng.normal(size=(d, c + 1)))[0].T
+    labels, common = basis[:c].copy(), basis[c]
+    labels[0] += 3.0 * common
+    labels /= np.linalg.norm(labels, axis=1, keepdims=True)
+    y = np.repeat(np.arange(c), n_per)
+    x = basis[y] + 1.5 * common + rng.normal(0, 0.1, size=(len(y), d))
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    store = open_store(kind, tmp_path / kind, d)
+    store.upsert(make_rows([{"id": f"/img/{i:03d}.png", "path": f"/img/{i:03d}.png"} for i in range(len(y))], x))
+    return SimpleNamespace(store=store, root=tmp_path), labels, x, y
+
+
+def test_classify_index_is_calibrated_on_the_collection(tmp_path):
+    from imgrag.retrieval.queries.classify import classify_index, reference_vectors
+
+    index, w, x, y = _hub_store(tmp_path)
+    names = ["hub", "b", "c", "d", "e"]
+
+    def run(calibration):
+        clf = ZeroShotClassifier(FakeEmbedder(), names, ["{}"], calibration=calibration)
+        clf.weights = w.astype(np.float32)  # the synthetic label vectors
+        rows = list(classify_index(index, clf, write=calibration != "none", batch_size=32))
+        got = {i: names.index(p.label) for i, _path, p in rows}
+        return clf, np.array([got[f"/img/{i:03d}.png"] for i in range(len(y))])
+
+    _, raw = run("none")
+    assert (raw == 0).mean() > 0.9  # the hub label takes nearly everything
+    clf, cal = run("auto")
+    assert (cal == y).mean() > 0.95 and np.bincount(cal).max() <= 35
+    stored = index.store.get(["/img/000.png", "/img/149.png"], columns=["id", "label"]).to_pylist()
+    assert {r["id"]: r["label"] for r in stored} == {"/img/000.png": "hub", "/img/149.png": "e"}
+
+    # single vectors: calibrated against a random sample of the index
+    ref = reference_vectors(index, n=40, seed=1)
+    assert ref.shape == (40, 8) and len({r.tobytes() for r in ref}) == 40
+    assert {r.tobytes() for r in ref} <= {r.tobytes() for r in x}
+    assert reference_vectors(index, n=1000).shape == (150, 8)  # small index: all of it
+    c = clf.calibration_for(index)
+    assert c is not None and c.n_reference == min(150, 512)
+    one = [names.index(clf.predict_vectors(v[None], calibration=c)[0].label) for v in x]
+    assert (np.array(one) == y).mean() > 0.95
+    assert ZeroShotClassifier(FakeEmbedder(), names, ["{}"], calibration="none").calibration_for(index) is None
+    with pytest.raises(BadQueryError, match="unknown calibration"):
+        ZeroShotClassifier(FakeEmbedder(), names, ["{}"], calibration="bogus")
