@@ -1,7 +1,10 @@
 """Built-in evaluation: text↔image Recall@K from captions, zero-shot accuracy on folder-per-class data.
 
 Works with any embedder. Images are decoded by a thread pool (Pillow releases the GIL) and embedded
-in batches; only vectors are kept, so memory is (images + captions) × d floats.
+in batches; only vectors are kept, so memory is (images + captions) × d floats. An image that cannot
+be decoded (corrupt, truncated, over the pixel limit) is left out and reported with its reason; the
+evaluation goes on with the others. ``max_pixels`` (``--max-megapixels``) admits huge scans, decoded
+reduced (:mod:`imgrag.retrieval.reduced`).
 """
 
 from __future__ import annotations
@@ -25,32 +28,49 @@ if TYPE_CHECKING:  # pragma: no cover
 KS = (1, 5, 10)
 
 
-def _load(path: str, draft: int | None):
-    from imgrag.retrieval.imageio import ImageDecodeError, decode_image
+def _load(path: str, draft: int | None, max_pixels: int | None):
+    from imgrag.retrieval.imageio import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
 
     try:
-        return decode_image(Path(path).read_bytes(), draft_size=draft).image
-    except (ImageDecodeError, OSError) as e:
+        return decode_image(Path(path).read_bytes(), draft_size=draft,
+                            max_pixels=max_pixels or DEFAULT_MAX_PIXELS).image
+    except ImageDecodeError as e:
         return e
+    except OSError as e:
+        return ImgragError(f"cannot read file ({e.strerror or e})")
 
 
-def embed_image_files(embedder: "Embedder", paths: Sequence[str], batch_size: int = 64,
-                      threads: int | None = None) -> tuple[np.ndarray, list[str]]:
-    """(n_ok, d) vectors for the files that decode, and the list of files that failed (with reason)."""
+def embed_readable_files(embedder: "Embedder", paths: Sequence[str], batch_size: int = 64,
+                         threads: int | None = None, max_pixels: int | None = None
+                         ) -> tuple[np.ndarray, list[int], list[tuple[str, str]]]:
+    """(vectors of the files that decode, their indices into ``paths``, [(path, reason)] of the rest)."""
     vecs: list[np.ndarray] = []
-    failed: list[str] = []
+    ok_idx: list[int] = []
+    failed: list[tuple[str, str]] = []
     draft = embedder.image_size
     with ThreadPoolExecutor(threads or min(4, (os.cpu_count() or 2))) as pool:
         for i in range(0, len(paths), batch_size):
             chunk = paths[i : i + batch_size]
-            imgs = list(pool.map(lambda p: _load(p, draft), chunk))
+            imgs = list(pool.map(lambda p: _load(p, draft, max_pixels), chunk))
             ok = [im for im in imgs if not isinstance(im, Exception)]
-            failed += [f"{p}: {im}" for p, im in zip(chunk, imgs) if isinstance(im, Exception)]
+            ok_idx += [i + j for j, im in enumerate(imgs) if not isinstance(im, Exception)]
+            failed += [(p, str(im)) for p, im in zip(chunk, imgs) if isinstance(im, Exception)]
             if ok:
                 vecs.append(embedder.embed_images(ok))
+    if not ok_idx and paths:
+        raise ImgragError(f"none of the {len(paths)} evaluation images could be read, e.g. "
+                          f"{failed[0][0]}: {failed[0][1]}")
+    return (np.concatenate(vecs) if vecs else np.zeros((0, embedder.dim), np.float32)), ok_idx, failed
+
+
+def embed_image_files(embedder: "Embedder", paths: Sequence[str], batch_size: int = 64,
+                      threads: int | None = None) -> tuple[np.ndarray, list[str]]:
+    """(n, d) vectors, one per path in order; fails if any file cannot be read (callers that need
+    every row aligned with ``paths``; the evaluations use :func:`embed_readable_files`)."""
+    vecs, _ok, failed = embed_readable_files(embedder, paths, batch_size, threads)
     if failed:
-        raise ImgragError(f"{len(failed)} evaluation images could not be read, e.g. {failed[0]}")
-    return (np.concatenate(vecs) if vecs else np.zeros((0, embedder.dim), np.float32)), failed
+        raise ImgragError(f"{len(failed)} images could not be read, e.g. {failed[0][0]}: {failed[0][1]}")
+    return vecs, []
 
 
 # --- retrieval ---------------------------------------------------------------------------------------
@@ -85,17 +105,21 @@ class RetrievalReport:
     captions: int
     text_to_image: dict[int, float]
     image_to_text: dict[int, float]
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason): not evaluated
 
 
 def eval_retrieval(embedder: "Embedder", images_dir: str | Path, captions_file: str | Path,
-                   batch_size: int = 64) -> RetrievalReport:
+                   batch_size: int = 64, max_pixels: int | None = None) -> RetrievalReport:
     caps = read_captions(captions_file)
     images = sorted({p for p, _ in caps})
     missing = [p for p in images if not (Path(images_dir) / p).is_file()]
     if missing:
         raise ImgragError(f"{len(missing)} captioned images not found under {images_dir}, e.g. {missing[0]}")
+    iv, ok, skipped = embed_readable_files(embedder, [str(Path(images_dir) / p) for p in images], batch_size,
+                                           max_pixels=max_pixels)
+    images = [images[i] for i in ok]  # unreadable images and their captions are left out
     col = {p: i for i, p in enumerate(images)}
-    iv, _ = embed_image_files(embedder, [str(Path(images_dir) / p) for p in images], batch_size)
+    caps = [(p, c) for p, c in caps if p in col]
     tv = embedder.embed_texts([c for _, c in caps])
     sims = tv @ iv.T  # (captions, images)
     t2i = recall_at_k(sims, [{col[p]} for p, _ in caps])
@@ -103,7 +127,7 @@ def eval_retrieval(embedder: "Embedder", images_dir: str | Path, captions_file: 
     for j, (p, _) in enumerate(caps):
         caps_of[col[p]].add(j)
     i2t = recall_at_k(sims.T, [caps_of[i] for i in range(len(images))])
-    return RetrievalReport(len(images), len(caps), t2i, i2t)
+    return RetrievalReport(len(images), len(caps), t2i, i2t, skipped)
 
 
 # --- zero-shot -----------------------------------------------------------------------------------------
@@ -152,14 +176,22 @@ class ZeroShotReport:
     confusions: list[tuple[str, str, int]] = field(default_factory=list)  # (true, predicted, count)
 
 
+@dataclass
+class ZeroShotRun:
+    images: int  # evaluated (readable) images
+    reports: list[ZeroShotReport]
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason): not evaluated
+
+
 def eval_zeroshot(embedder: "Embedder", root: str | Path, template_sets: Sequence[str] = ("none", "photo", "simple", "openai"),
-                  depth: int = 1, limit_per_class: int | None = None, batch_size: int = 64) -> tuple[int, list[ZeroShotReport]]:
+                  depth: int = 1, limit_per_class: int | None = None, batch_size: int = 64,
+                  max_pixels: int | None = None) -> ZeroShotRun:
     from imgrag.retrieval.queries.classify import class_vectors, load_templates
 
     classes, paths, targets = folder_dataset(root, depth, limit_per_class)
     labels = [class_words(c) for c in classes]
-    iv, _ = embed_image_files(embedder, paths, batch_size)
-    y = np.asarray(targets)
+    iv, ok, skipped = embed_readable_files(embedder, paths, batch_size, max_pixels=max_pixels)
+    y = np.asarray([targets[i] for i in ok])
     reports = []
     for ts in template_sets:
         w = class_vectors(embedder, labels, load_templates(ts))
@@ -167,11 +199,25 @@ def eval_zeroshot(embedder: "Embedder", root: str | Path, template_sets: Sequenc
         order = np.argsort(-sims, axis=1, kind="stable")
         top1 = order[:, 0] == y
         top5 = (order[:, : min(5, len(classes))] == y[:, None]).any(axis=1)
-        per = {labels[c]: float(top1[y == c].mean()) for c in range(len(classes))}
+        per = {labels[c]: float(top1[y == c].mean()) for c in range(len(classes)) if (y == c).any()}
         conf = Counter((labels[t], labels[p]) for t, p in zip(y, order[:, 0]) if t != p)
         reports.append(ZeroShotReport(ts, float(top1.mean()), float(top5.mean()), per,
                                       [(a, b, n) for (a, b), n in conf.most_common(10)]))
-    return len(paths), reports
+    return ZeroShotRun(len(ok), reports, skipped)
+
+
+def _print_skipped(skipped: list[tuple[str, str]], shown: int = 20) -> None:
+    if not skipped:
+        return
+    print(f"skipped {len(skipped)} unreadable image{'s' if len(skipped) != 1 else ''} (not evaluated):")
+    for p, reason in skipped[:shown]:
+        print(f"  {p}: {reason}")
+    if len(skipped) > shown:
+        print(f"  … and {len(skipped) - shown} more (--json lists all)")
+
+
+def _skipped_json(skipped: list[tuple[str, str]]) -> list[dict[str, str]]:
+    return [{"path": p, "reason": r} for p, r in skipped]
 
 
 # --- CLI ------------------------------------------------------------------------------------------------
@@ -179,24 +225,31 @@ def run_cli(args) -> int:
     from imgrag.retrieval.embedders import load_embedder
 
     emb = load_embedder(args.model, device=args.device, precision=args.precision, batch_size=args.batch_size)
+    mp = getattr(args, "max_megapixels", None)
+    max_pixels = int(mp * 1_000_000) if mp else None
     if args.eval_kind == "retrieval":
-        r = eval_retrieval(emb, args.images, args.captions, args.batch_size)
+        r = eval_retrieval(emb, args.images, args.captions, args.batch_size, max_pixels=max_pixels)
         if args.json:
             print(json.dumps({"model": args.model, "images": r.images, "captions": r.captions,
                               "text_to_image": {f"R@{k}": v for k, v in r.text_to_image.items()},
-                              "image_to_text": {f"R@{k}": v for k, v in r.image_to_text.items()}}, indent=2))
+                              "image_to_text": {f"R@{k}": v for k, v in r.image_to_text.items()},
+                              "skipped": len(r.skipped), "unreadable": _skipped_json(r.skipped)}, indent=2))
         else:
             print(f"model {args.model}: {r.images} images, {r.captions} captions")
+            _print_skipped(r.skipped)
             print(f"{'':14}" + "".join(f"{'R@' + str(k):>8}" for k in KS))
             for name, d in (("text→image", r.text_to_image), ("image→text", r.image_to_text)):
                 print(f"{name:14}" + "".join(f"{100 * d[k]:>7.1f}%" for k in KS))
         return 0
     sets = args.templates or ["none", "photo", "simple", "openai"]
-    n, reps = eval_zeroshot(emb, args.dir, sets, args.depth, args.limit_per_class, args.batch_size)
+    run = eval_zeroshot(emb, args.dir, sets, args.depth, args.limit_per_class, args.batch_size, max_pixels=max_pixels)
+    n, reps = run.images, run.reports
     if args.json:
-        print(json.dumps({"model": args.model, "images": n, "results": [r.__dict__ for r in reps]}, indent=2))
+        print(json.dumps({"model": args.model, "images": n, "skipped": len(run.skipped),
+                          "unreadable": _skipped_json(run.skipped), "results": [r.__dict__ for r in reps]}, indent=2))
         return 0
     print(f"model {args.model}: {n} images, {len(reps[0].per_class)} classes")
+    _print_skipped(run.skipped)
     print(f"{'templates':<10}{'top-1':>8}{'top-5':>8}")
     for r in reps:
         print(f"{r.templates:<10}{100 * r.top1:>7.1f}%{100 * r.top5:>7.1f}%")
