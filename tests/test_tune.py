@@ -229,3 +229,22 @@ def test_loading_and_applying_an_adapter_imports_no_torch(colour_index):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout.strip().splitlines()[-1]) == [1.0, []]
+
+
+def test_search_uses_the_adapter_unless_switched_off(colour_index):
+    from imgrag.retrieval.queries.search import search
+    from imgrag.retrieval.tune import set_adapter_enabled
+
+    idx, _ = colour_index
+    assert "/red/" in search(idx, "red", k=1)[0].id
+    # x + W x = -x: the adapter turns the query around, so "red" now finds the least red image first
+    save_adapter(idx, Adapter(-2 * np.eye(8, dtype=np.float32), meta={
+        "model": idx.manifest.model, "model_fingerprint": idx.manifest.fingerprint, "dim": 8}))
+    assert "/red/" not in search(idx, "red", k=1)[0].id
+    assert "/red/" in search(idx, "red", k=1, use_adapter=False)[0].id
+    set_adapter_enabled(idx, False)
+    assert "/red/" in search(idx, "red", k=1)[0].id
+    set_adapter_enabled(idx, True)
+    assert "/red/" not in search(idx, "red", k=1)[0].id
+    reset_adapter(idx)
+    assert "/red/" in search(idx, "red", k=1)[0].id

@@ -108,14 +108,23 @@ def load_query_image(path: str) -> "Image.Image":
         raise BadQueryError(f"query image {path}: {e}") from e
 
 
-def query_vector(index: "Index", terms: Sequence[Term]) -> tuple[np.ndarray, list[str]]:
-    """Normalised (d,) query vector for ``terms`` and the ids to exclude (query images in the index)."""
+def query_vector(index: "Index", terms: Sequence[Term], use_adapter: bool = True) -> tuple[np.ndarray, list[str]]:
+    """Normalised (d,) query vector for ``terms`` and the ids to exclude (query images in the index).
+
+    Text terms pass through the index's tuned adapter (``imgrag tune``) unless ``use_adapter`` is False or
+    it was switched off for this index (``--no-adapter``); image terms and stored vectors never do.
+    """
     emb = index.embedder
     vec = np.zeros(index.manifest.dim, dtype=np.float32)
     exclude: list[str] = []
     texts = [t for t in terms if t.kind == "text"]
     if texts:
         tv = emb.embed_texts([str(t.value) for t in texts])
+        if use_adapter:
+            from imgrag.retrieval.tune.adapter import active_adapter
+
+            adapter = active_adapter(index)
+            tv = adapter.apply_text(tv) if adapter is not None else tv
         for t, v in zip(texts, tv):
             vec += t.weight * v
     for t in terms:
@@ -148,7 +157,7 @@ def to_terms(query: QueryLike) -> list[Term] | np.ndarray:
 
 def search(index: "Index", query: QueryLike, k: int = 10, filters: Filters | None = None,
            min_score: float | None = None, exclude_ids: Sequence[str] = (),
-           sort_by_date: bool = False) -> list[Hit]:
+           sort_by_date: bool = False, use_adapter: bool = True) -> list[Hit]:
     """Top-``k`` items for a text / image / combined query, best first.
 
     ``min_score`` hides weak matches (a relevance cutoff on cosine similarity); ``sort_by_date``
@@ -160,7 +169,7 @@ def search(index: "Index", query: QueryLike, k: int = 10, filters: Filters | Non
     if isinstance(terms, np.ndarray):
         vec, excl = l2_normalize(terms.reshape(1, -1))[0], []
     else:
-        vec, excl = query_vector(index, terms)
+        vec, excl = query_vector(index, terms, use_adapter)
     hits = index.store.search(vec[None, :], k, filters=filters, exclude_ids=[*exclude_ids, *excl])[0]
     if min_score is not None:
         hits = [h for h in hits if h.score >= min_score]

@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import threading
+import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -101,6 +104,40 @@ def load_adapter(index: "Index") -> Adapter | None:
             f"the adapter in {index.root} was trained for model {meta.get('model')!r} with other weights or "
             f"preprocessing than this index's {man.model!r}; retrain it with `imgrag tune` or remove it with "
             f"`imgrag tune --index {index.root} --reset`")
+    return adapter
+
+
+_disabled: "weakref.WeakSet[Index]" = weakref.WeakSet()
+_cache: dict[str, tuple[tuple[int, int], Adapter]] = {}
+_cache_lock = threading.Lock()
+
+
+def set_adapter_enabled(index: "Index", enabled: bool) -> None:
+    """``--no-adapter``: every query on this Index object (search, hybrid, ask, classify) skips the adapter."""
+    (_disabled.discard if enabled else _disabled.add)(index)
+
+
+def active_adapter(index: "Index") -> Adapter | None:
+    """The adapter queries should use: None when disabled for ``index`` or absent. A local file is read
+    once and kept while its size and mtime are unchanged (a query does not re-read 0.6 MB each time)."""
+    if index in _disabled:
+        return None
+    if not index.location.local:
+        return load_adapter(index)
+    path = os.fspath(index.location.join(ADAPTER_FILE))
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    stamp = (st.st_mtime_ns, st.st_size)
+    with _cache_lock:
+        hit = _cache.get(path)
+    if hit is not None and hit[0] == stamp and hit[1].meta.get("model_fingerprint") == index.manifest.fingerprint:
+        return hit[1]
+    adapter = load_adapter(index)
+    if adapter is not None:
+        with _cache_lock:
+            _cache[path] = (stamp, adapter)
     return adapter
 
 
