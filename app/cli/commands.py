@@ -1,0 +1,246 @@
+"""The ``imgrag`` commands: each ``cmd_*`` takes the parsed arguments, does the work and returns an exit code.
+
+Printing is :mod:`.output`'s job. User errors are raised as :class:`ImgragError` subclasses; ``main`` turns
+them into one line on stderr.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Sequence
+
+from imgrag.app.cli.output import (IndexProgress, hit_dict, print_answer, print_classified, print_hits,
+                                   print_index_report, print_info, print_json, print_skipped)
+from imgrag.retrieval.errors import BadQueryError, ImgragError
+
+
+def _filters(args):
+    from imgrag.retrieval.stores.base import Filters
+
+    f = Filters(path_glob=args.path_glob, taken_after=args.after, taken_before=args.before,
+                min_width=args.min_width, label=args.label)
+    return None if f.is_empty() else f
+
+
+def _open_index(args):
+    from imgrag.retrieval.index import Index
+
+    return Index.open(args.index, device=args.device, precision=args.precision)
+
+
+def cmd_index(args) -> int:
+    from imgrag.indexer.pipeline import IndexOptions, build_index
+    from imgrag.retrieval.embedders import DEFAULT_MODEL, load_embedder
+    from imgrag.retrieval.index import Index, Manifest, default_index_dir
+    from imgrag.retrieval.location import is_uri
+
+    if args.engine == "ray":
+        from imgrag.indexer.ray_engine import import_ray
+
+        import_ray()  # fail fast, before loading a model, when the extra is missing
+    elif any(is_uri(p) for p in args.paths):
+        raise ImgragError("object-storage sources (s3://, gs://, az://) need --engine ray")
+    if args.engine != "ray" and (args.ray_address or args.ray_actors):
+        raise ImgragError("--ray-address and --ray-actors need --engine ray")
+    if args.engine == "ray" and args.ocr:
+        raise ImgragError("--ocr needs the local engine (imgrag index without --engine ray)")
+    root = args.index or default_index_dir()
+    existing = Manifest.load(root) if Manifest.exists(root) and not args.rebuild else None
+    model = args.model or (existing.model if existing else DEFAULT_MODEL)
+    store = args.store or (existing.store if existing else "lancedb")
+    opts = {}
+    if args.faiss_factory:
+        if store != "faiss":
+            raise ImgragError("--faiss-factory needs --store faiss")
+        opts["factory"] = args.faiss_factory
+
+    def make_embedder():
+        return load_embedder(model, device=args.device, precision=args.precision, batch_size=args.batch_size)
+
+    # a new index, or a --model to check against the index now (its spelling may differ): build it here;
+    # otherwise the model loads (and is checked against the index) only if a file needs embedding
+    eager = existing is None or (args.model is not None and args.model != existing.model)
+    index = Index.create_or_open(root, make_embedder() if eager else make_embedder, store=store,
+                                 store_options=opts, rebuild=args.rebuild)
+    if not args.dpi > 0 or args.dpi > 1200:
+        raise ImgragError(f"--dpi must be between 1 and 1200, got {args.dpi:g}")
+    options = IndexOptions(batch_size=args.batch_size, workers=args.workers, draft=args.draft,
+                           commit_every=args.commit_every, retry_skipped=args.retry_skipped, prune=args.prune,
+                           dpi=args.dpi, page_tiles=args.page_tiles, ocr_images=args.ocr, ocr_pages=args.ocr_pages)
+    show_bar = (args.progress and not args.json and sys.stderr.isatty()
+                or (args.progress and os.environ.get("IMGRAG_PROGRESS") == "1"))
+    bar = IndexProgress() if show_bar else None
+    try:
+        if args.engine == "ray":
+            from imgrag.indexer.ray_engine import RayOptions, build_index_ray
+
+            ropts = RayOptions(address=args.ray_address, actors=args.ray_actors, batch_size=args.batch_size,
+                               commit_every=max(args.commit_every, 1), draft=args.draft,
+                               retry_skipped=args.retry_skipped, prune=args.prune, device=args.device,
+                               precision=args.precision)
+            rep = build_index_ray(index, args.paths, ropts, progress=bar)
+        else:
+            rep = build_index(index, args.paths, options, progress=bar)
+    finally:
+        if bar is not None:
+            bar.close()
+    if args.json:
+        print_json(rep.to_dict())
+    else:
+        print_index_report(rep, index, ocr_off=args.ocr_pages == "off")
+    if rep.interrupted:
+        print("interrupted: committed work is kept; run the same command again to continue", file=sys.stderr)
+        return 130
+    return 0
+
+
+def cmd_search(args) -> int:
+    from imgrag.retrieval.queries.search import Term, parse_query, search
+
+    terms: list = []
+    text = " ".join(args.query).strip()
+    if text:
+        terms.extend(parse_query(text))
+    for spec in args.image:
+        w = 1.0
+        if "*" in spec:
+            head, tail = spec.split("*", 1)
+            try:
+                w, spec = float(head), tail
+            except ValueError:
+                pass
+        path = os.path.abspath(os.path.expanduser(spec))
+        if not os.path.isfile(path):
+            raise BadQueryError(f"query image not found: {spec}")
+        terms.append(Term("image", path, w))
+    if not terms:
+        raise BadQueryError("give a text query and/or --image FILE")
+    from imgrag.retrieval.queries.hybrid import add_snippets, resolve_mode, search_documents
+
+    plain = len(terms) == 1 and terms[0].kind == "text" and terms[0].weight == 1.0
+    index = _open_index(args)
+    mode = args.mode
+    if not plain:
+        if mode in ("text", "hybrid"):
+            raise BadQueryError(f"--mode {mode} needs a plain text query (no images, weights or '+'/'-' terms)")
+        mode = "vector"
+    mode = resolve_mode(index, mode)
+    if mode == "vector":
+        hits = search(index, terms, k=args.k, filters=_filters(args), min_score=args.min_score,
+                      sort_by_date=args.sort_date)
+        hits = add_snippets(hits, text) if text else hits
+    else:
+        hits = search_documents(index, text, k=args.k, mode=mode, filters=_filters(args), weights=args.weights,
+                                min_score=args.min_score, vector_gate=args.vector_gate)
+        if args.sort_date:
+            hits.sort(key=lambda h: (h.row.get("taken_at") is None, h.row.get("taken_at") or 0))
+    if args.json:
+        print_json([hit_dict(h) for h in hits])
+        return 0
+    print_hits(hits)
+    return 0
+
+
+def _thresholds(specs: Sequence[str], labels: Sequence[str]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for s in specs:
+        if "=" not in s:
+            raise BadQueryError(f"--threshold {s!r}: use LABEL=PROBABILITY")
+        k, v = s.rsplit("=", 1)
+        try:
+            p = float(v)
+        except ValueError:
+            raise BadQueryError(f"--threshold {s!r}: {v!r} is not a number") from None
+        if k.strip() == "*":
+            out.update({lab: p for lab in labels})
+        else:
+            out[k.strip()] = p
+    return out
+
+
+def cmd_classify(args) -> int:
+    from imgrag.retrieval.queries.classify import ZeroShotClassifier, classify_index, parse_labels
+    from imgrag.retrieval.queries.search import load_query_image, search
+
+    if args.labels_file:
+        try:
+            raw = open(args.labels_file, encoding="utf-8").read()
+        except OSError as e:
+            raise ImgragError(f"cannot read labels file {args.labels_file}: {e.strerror or e}") from e
+        labels = parse_labels(raw.replace(",", "\n") if "\n" not in raw.strip() else raw)
+    else:
+        labels = parse_labels(args.labels)
+    index = _open_index(args)
+    clf = ZeroShotClassifier(index.embedder, labels, args.templates, _thresholds(args.threshold, labels))
+    rows: list[dict] = []
+    if args.image:
+        pred = clf.predict_images([load_query_image(args.image)], top_n=args.top)[0]
+        rows.append({"path": os.path.abspath(args.image), "label": pred.label, "score": pred.score, "top": pred.top})
+    elif args.query:
+        hits = search(index, args.query, k=args.k, filters=_filters(args))
+        if hits:
+            vecs = index.store.get([h.id for h in hits], columns=["id", "vector"])
+            by_id = {i: v for i, v in zip(vecs["id"].to_pylist(), vecs["vector"].to_pylist())}
+            import numpy as np
+
+            preds = clf.predict_vectors(np.asarray([by_id[h.id] for h in hits], dtype=np.float32), args.top)
+            rows = [{"path": h.path, "label": p.label, "score": p.score, "top": p.top} for h, p in zip(hits, preds)]
+    else:
+        for _id, path, p in classify_index(index, clf, write=args.write, filters=_filters(args), top_n=args.top):
+            rows.append({"path": path, "label": p.label, "score": p.score, "top": p.top})
+    if args.json:
+        print_json(rows)
+        return 0
+    print_classified(rows, args.limit, wrote=args.write and not args.image and not args.query)
+    return 0
+
+
+def cmd_info(args) -> int:
+    index = _open_index(args)
+    if args.errors:
+        sk = index.skipped()
+        if args.json:
+            print_json(sk)
+        else:
+            print_skipped(sk)
+        return 0
+    info = index.info()
+    if args.json:
+        print_json(info)
+    else:
+        print_info(info)
+    return 0
+
+
+def cmd_ask(args) -> int:
+    from imgrag.retrieval.generators import load_generator
+    from imgrag.retrieval.queries.answer import answer
+
+    index = _open_index(args)
+    gen = load_generator(args.generator, device=args.device, precision=args.precision)
+    stream = answer(index, args.question, k=args.k, max_images=args.max_images, generator=gen,
+                    min_score=args.min_score, filters=_filters(args), rerank=args.rerank)
+    if args.json:
+        for _ in stream:
+            pass
+        print_json(stream.result.to_dict())
+        return 0
+    print_answer(stream)
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from imgrag.app.web.server import serve
+
+    return serve(args)
+
+
+def cmd_eval(args) -> int:
+    from imgrag.retrieval.queries import evaluate
+
+    return evaluate.run_cli(args)
+
+
+COMMANDS = {"index": cmd_index, "search": cmd_search, "classify": cmd_classify, "info": cmd_info,
+            "ask": cmd_ask, "serve": cmd_serve, "eval": cmd_eval}

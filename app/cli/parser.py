@@ -1,0 +1,236 @@
+"""The ``imgrag`` argument parser: every subcommand, its options and help text, and the argument types.
+
+Nothing here does work or prints; :mod:`.commands` runs what the parser returns.
+"""
+
+from __future__ import annotations
+
+import argparse
+from datetime import datetime
+
+EPILOG_INDEX = """examples:
+  imgrag index ~/Pictures                          # default model, embedded LanceDB store
+  imgrag index ~/Pictures --model lite             # offline model shipped with imgrag[lite]
+  imgrag index ~/Pictures --store faiss --faiss-factory HNSW32
+  imgrag index ~/Pictures --model ViT-B-32:/models/open_clip_pytorch_model.bin
+Re-running only embeds new and changed files; deleted files are removed; a crashed or interrupted run
+continues where it stopped."""
+
+EPILOG_SEARCH = """query syntax:
+  imgrag search "a dog on a beach"
+  imgrag search --image photo.jpg                  # more like this (the image itself is excluded)
+  imgrag search "beach + 0.5*image:photo.jpg - people"   # weighted terms, '-' subtracts
+  imgrag search "cat" --path "*/2019/*" --after 2019-06-01 --min-score 0.2"""
+
+
+def _date(s: str) -> datetime:
+    try:
+        return datetime.fromisoformat(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date: {s!r} (use YYYY-MM-DD or YYYY-MM-DDTHH:MM)") from None
+
+
+def _positive_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {s!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
+    return v
+
+
+def _nonneg_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {s!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {v}")
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from imgrag.retrieval.embedders import DEFAULT_MODEL
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--index", metavar="DIR",
+                        help="index directory or object-storage URI such as s3://bucket/prefix "
+                             "(default: $IMGRAG_INDEX or ~/.local/share/imgrag/index)")
+    common.add_argument("--device", default="auto", help="auto (cuda → mps → cpu), cpu, cuda, cuda:N, mps")
+    common.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
+                        help="auto: fp16 on CUDA; bf16 on CPUs with native bf16 (AVX512-BF16/AMX), else fp32 "
+                             "(the lite model stays fp32 under auto)")
+    common.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    common.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+
+    p = argparse.ArgumentParser(prog="imgrag", description="Search, classify and ask questions about image and PDF collections by meaning (CLIP/SigLIP embeddings in LanceDB or FAISS; answers from a vision-language model, citing the images).")
+    p.add_argument("--version", action="version", version=f"imgrag {_version()}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    # index
+    pi = sub.add_parser("index", parents=[common], help="index images under one or more folders",
+                        description="Embed every image and PDF page under PATH... into the index (incremental, resumable).",
+                        epilog=EPILOG_INDEX, formatter_class=argparse.RawDescriptionHelpFormatter)
+    pi.add_argument("paths", nargs="+", metavar="PATH", help="folders, image files or PDFs")
+    pi.add_argument("--model", help=f"embedding model spec (default for a new index: {DEFAULT_MODEL}; "
+                                    "'lite' = offline model). An existing index keeps its model.")
+    pi.add_argument("--store", choices=["lancedb", "faiss"], help="vector store for a new index (default lancedb)")
+    pi.add_argument("--faiss-factory", metavar="STR", help="FAISS index factory string (default Flat), e.g. HNSW32, IVF4096,SQ8")
+    pi.add_argument("--batch-size", type=_positive_int, default=64, help="images per forward pass (default 64)")
+    pi.add_argument("--workers", type=_nonneg_int, default=None,
+                    help="decode worker processes (default: one per core on CPU, cores-1 with a GPU, 1..8; "
+                         "0 = decode in the main process)")
+    pi.add_argument("--no-draft", dest="draft", action="store_false",
+                    help="decode JPEGs at full size (default: reduced-size DCT decoding to the model's resolution)")
+    pi.add_argument("--commit-every", type=_positive_int, default=1024, help="rows per atomic commit (default 1024)")
+    pi.add_argument("--retry-skipped", action="store_true", help="retry files that failed before even if unchanged")
+    pi.add_argument("--no-prune", dest="prune", action="store_false", help="keep rows of files deleted from disk")
+    pi.add_argument("--rebuild", action="store_true", help="delete the index contents and start over")
+    pi.add_argument("--dpi", type=float, default=150.0,
+                    help="PDF pages: render resolution in dots per inch (default 150)")
+    pi.add_argument("--page-tiles", type=_nonneg_int, default=2,
+                    help="PDF pages: square tiles embedded besides the whole padded page for tall pages "
+                         "(dense text pages get a 2x2 grid instead), averaged into the page's vector "
+                         "(default 2; 0 = whole page only)")
+    pi.add_argument("--ocr", action="store_true",
+                    help="also OCR images (screenshots, scans) so their text is searchable (needs tesseract; "
+                         "decodes at full size)")
+    pi.add_argument("--no-ocr", dest="ocr_pages", action="store_const", const="off", default="auto",
+                    help="do not OCR PDF pages without a text layer (default: OCR them when tesseract is installed)")
+    pi.add_argument("--json", action="store_true", help="print the run report as JSON")
+    pi.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    pi.add_argument("--engine", choices=["local", "ray"], default="local",
+                    help="local (default): this machine; ray: a Ray cluster (decode tasks, one model per embedding "
+                         "actor, Lance fragments written in parallel; LanceDB indexes; needs imgrag[distributed])")
+    pi.add_argument("--ray-address", metavar="ADDR",
+                    help="with --engine ray: the cluster to join (auto, HOST:6379, ray://HOST:10001; "
+                         "default $RAY_ADDRESS, else a local cluster on this machine)")
+    pi.add_argument("--ray-actors", type=_positive_int, metavar="N",
+                    help="with --engine ray: embedding actors (default: one per GPU, num_gpus=1 each; 1 on CPU clusters)")
+
+    # search
+    ps = sub.add_parser("search", parents=[common], help="search by text, by example image, or both",
+                        epilog=EPILOG_SEARCH, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ps.add_argument("query", nargs="*", help="text query; terms joined by ' + ' / ' - ', optional weights 0.5*term")
+    ps.add_argument("--image", action="append", default=[], metavar="FILE", help="query image (repeatable; FILE or W*FILE)")
+    ps.add_argument("-k", "--top-k", dest="k", type=_positive_int, default=10, help="number of results (default 10)")
+    _filter_args(ps)
+    ps.add_argument("--mode", choices=["auto", "vector", "text", "hybrid"], default="auto",
+                    help="vector (embedding), text (keywords in page text / OCR), hybrid (both, fused by "
+                         "reciprocal rank fusion); auto (default): hybrid when the index holds text, else vector")
+    ps.add_argument("--weights", metavar="V,T", default=None,
+                    help="hybrid: weights of the vector and text rankings in the fusion (default: 0.5,1 for "
+                         "the lite model, else 1,1)")
+    ps.add_argument("--vector-gate", type=float, default=None, metavar="G",
+                    help="hybrid: fuse the vector ranking only when its best cosine exceeds its candidates' "
+                         "median by G (default: 0.10 for the lite model, else 0 = always)")
+    ps.add_argument("--min-score", type=float, help="hide results with cosine similarity below this")
+    ps.add_argument("--sort-date", action="store_true", help="order results by capture date (after the cutoff)")
+    ps.add_argument("--json", action="store_true", help="print results as JSON")
+
+    # classify
+    pc = sub.add_parser("classify", parents=[common], help="zero-shot classification with prompt templates",
+                        description="Classify the whole index (default), one image (--image) or the results of a "
+                                    "query (--query) into the given labels.")
+    g = pc.add_mutually_exclusive_group(required=True)
+    g.add_argument("--labels", help="comma-separated labels, e.g. 'cat,dog,car'")
+    g.add_argument("--labels-file", metavar="FILE", help="one label per line")
+    pc.add_argument("--templates", default="simple",
+                    help="prompt templates: simple (default, 7 prompts), openai (80), photo, none, or a file with one '{}' template per line")
+    pc.add_argument("--image", metavar="FILE", help="classify this image")
+    pc.add_argument("--query", metavar="TEXT", help="classify the top-k results of this search")
+    pc.add_argument("-k", "--top-k", dest="k", type=_positive_int, default=20, help="results to classify with --query")
+    pc.add_argument("--top", type=_positive_int, default=3, help="labels shown per image (default 3)")
+    pc.add_argument("--threshold", action="append", default=[], metavar="LABEL=P",
+                    help="minimum probability for LABEL to be assigned (repeatable; '*=P' for all)")
+    pc.add_argument("--write", action="store_true", help="store each image's top label and probability in the index")
+    pc.add_argument("--limit", type=_positive_int, default=50, help="rows printed for whole-index runs (default 50)")
+    _filter_args(pc)
+    pc.add_argument("--json", action="store_true", help="print predictions as JSON (all rows)")
+
+    # info
+    pn = sub.add_parser("info", parents=[common], help="index statistics, model, store and skipped files")
+    pn.add_argument("--errors", action="store_true", help="list files that could not be indexed, with reasons")
+    pn.add_argument("--json", action="store_true")
+
+    # ask (only when the answer module is installed in this build)
+    if _available("imgrag.retrieval.queries.answer"):
+        _add_ask(sub, common)
+    if _available("imgrag.app.web.server"):
+        _add_serve(sub, common)
+
+    # eval
+    pe = sub.add_parser("eval", parents=[common], help="measure retrieval / zero-shot quality of a model on your data")
+    esub = pe.add_subparsers(dest="eval_kind", metavar="KIND", required=True)
+    er = esub.add_parser("retrieval", parents=[common], help="text↔image Recall@1/5/10 from a captions file")
+    er.add_argument("--images", required=True, metavar="DIR")
+    er.add_argument("--captions", required=True, metavar="FILE", help="TSV: relative/path.jpg<TAB>caption (several lines per image allowed)")
+    er.add_argument("--model", default="lite")
+    er.add_argument("--batch-size", type=_positive_int, default=64)
+    er.add_argument("--json", action="store_true")
+    ez = esub.add_parser("zeroshot", parents=[common], help="top-1/top-5 accuracy on a folder-per-class tree")
+    ez.add_argument("dir", metavar="DIR")
+    ez.add_argument("--model", default="lite")
+    ez.add_argument("--templates", action="append", default=None,
+                    help="template set(s) to compare (repeatable; default: none, photo, simple, openai)")
+    ez.add_argument("--depth", type=_positive_int, default=1, help="folder depth that names the class (default 1)")
+    ez.add_argument("--limit-per-class", type=int, default=None)
+    ez.add_argument("--batch-size", type=_positive_int, default=64)
+    ez.add_argument("--json", action="store_true")
+    return p
+
+
+def _available(module: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _add_ask(sub, common) -> None:
+    pa = sub.add_parser("ask", parents=[common], help="answer a question from the retrieved images, citing them")
+    pa.add_argument("question")
+    pa.add_argument("-k", "--k", "--top-k", dest="k", type=_positive_int, default=8, help="images retrieved (default 8)")
+    pa.add_argument("--max-images", type=_positive_int, default=4, help="images passed to the generator (default 4)")
+    pa.add_argument("--generator", default=None,
+                    help="hf:HUB_ID_OR_DIR, anthropic:MODEL, openai:MODEL or smollm2 (default: smollm2, offline)")
+    pa.add_argument("--min-score", type=float, default=None,
+                    help="if the best match scores below this, say the collection does not contain the answer "
+                         "(default per embedding model: lite 0.25, CLIP 0.18, SigLIP 0.05; -1 disables)")
+    pa.add_argument("--rerank", action="store_true",
+                    help="re-order the retrieved images by how many of the question's words their text evidence "
+                         "(file name, labels, text) holds, before choosing which to send")
+    _filter_args(pa)
+    pa.add_argument("--json", action="store_true")
+
+
+def _add_serve(sub, common) -> None:
+    pv = sub.add_parser("serve", parents=[common], help="start the web UI")
+    pv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    pv.add_argument("--port", type=int, default=7860, help="port to listen on (default 7860)")
+    pv.add_argument("--auth", metavar="USER:PASS", help="require this login (recommended with --host 0.0.0.0)")
+    pv.add_argument("--generator", default=None, help="generator for the Ask tab (default smollm2)")
+    pv.add_argument("--max-upload-mb", type=float, default=25, metavar="MB",
+                    help="largest accepted upload in megabytes (default 25)")
+    pv.add_argument("--max-upload-mp", type=float, default=50, metavar="MP",
+                    help="largest accepted upload in megapixels, checked before decoding (default 50)")
+
+
+def _filter_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--path", dest="path_glob", metavar="GLOB", help="only paths matching this glob ('*' spans folders)")
+    p.add_argument("--after", type=_date, metavar="DATE", help="captured on or after DATE (EXIF)")
+    p.add_argument("--before", type=_date, metavar="DATE", help="captured on or before DATE (EXIF)")
+    p.add_argument("--min-width", type=int, metavar="PX")
+    p.add_argument("--label", help="only images whose stored label (classify --write) is LABEL")
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("imgrag")
+    except Exception:  # noqa: BLE001
+        return "unknown"
