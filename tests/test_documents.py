@@ -30,8 +30,13 @@ from imgrag.retrieval.queries.hybrid import parse_weights, rrf_fuse, search_docu
 from imgrag.retrieval.stores.base import Hit
 from imgrag.retrieval.textsearch import bm25_search, highlight, snippet
 
-pytest.importorskip("pypdfium2")
-fpdf = pytest.importorskip("fpdf")
+
+def pdf_tools():
+    """fpdf2 writes the test PDFs, pypdfium2 reads them: skipped only in the tests that make a PDF (the
+    layout, ranking, snippet and OCR-switch tests need neither)."""
+    pytest.importorskip("pypdfium2")
+    return pytest.importorskip("fpdf")
+
 
 HAS_TESSERACT = ocr_mod.available("eng")
 needs_ocr = pytest.mark.skipif(not HAS_TESSERACT, reason="tesseract (tesseract-ocr + tesseract-ocr-eng) not installed")
@@ -45,7 +50,7 @@ OPTS = dict(workers=0, batch_size=8)
 def write_text_pdf(path: Path, pages: list[str], fills: list[tuple[int, int, int] | None] | None = None,
                    password: str | None = None) -> Path:
     """A real text-layer PDF (A4) with one string per page, optionally a full-page background colour."""
-    pdf = fpdf.FPDF(format="A4")
+    pdf = pdf_tools().FPDF(format="A4")
     pdf.set_auto_page_break(False)
     if password:
         pdf.set_encryption(owner_password="owner-" + password, user_password=password)
@@ -76,6 +81,7 @@ def text_image(lines: list[str], size=(1240, 1754), font_size=36) -> Image.Image
 
 
 def write_image_pdf(path: Path, pages: list[Image.Image]) -> Path:
+    pdf_tools()
     pages[0].save(path, "PDF", resolution=150.0, save_all=True, append_images=pages[1:])
     return path
 
@@ -453,7 +459,7 @@ def test_page_vector_is_the_mean_of_its_views(tmp_path):
 
 def write_quadrant_pdf(path: Path, text: str, font_size: float = 7) -> Path:
     """An A4 page with a different colour block in each quarter and ``text`` in small type on top."""
-    pdf = fpdf.FPDF(format="A4")
+    pdf = pdf_tools().FPDF(format="A4")
     pdf.set_auto_page_break(False)
     pdf.add_page()
     for (x, y), c in zip([(0, 0), (105, 0), (0, 148.5), (105, 148.5)],
