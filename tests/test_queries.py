@@ -98,6 +98,9 @@ def test_eval_zeroshot_and_retrieval_on_generated_data(tmp_path):
     run = eval_zeroshot(FakeEmbedder(), tmp_path / "colours", ["none"], depth=1)
     n, reps = run.images, run.reports
     assert n == 9 and reps[0].top1 == 1.0 and reps[0].per_class == {"blue": 1.0, "green": 1.0, "red": 1.0}
+    assert reps[0].calibration == "zscore" and reps[0].top1_raw == 1.0 and reps[0].top5_raw == 1.0
+    raw = eval_zeroshot(FakeEmbedder(), tmp_path / "colours", ["none"], depth=1, calibration="none").reports[0]
+    assert raw.calibration == "none" and raw.top1 == raw.top1_raw == 1.0
     caps = tmp_path / "caps.tsv"
     caps.write_text("red/0.png\tred\ngreen/0.png\tgreen\nblue/0.png\tblue\nblue/0.png\tsomething else\n")
     r = eval_retrieval(FakeEmbedder(), tmp_path / "colours", caps)

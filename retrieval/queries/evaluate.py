@@ -174,6 +174,10 @@ class ZeroShotReport:
     top5: float
     per_class: dict[str, float] = field(default_factory=dict)
     confusions: list[tuple[str, str, int]] = field(default_factory=list)  # (true, predicted, count)
+    # top1/top5 (and per_class, confusions) are of the calibrated scores; these of the raw ones
+    calibration: str = "none"
+    top1_raw: float = 0.0
+    top5_raw: float = 0.0
 
 
 @dataclass
@@ -185,8 +189,13 @@ class ZeroShotRun:
 
 def eval_zeroshot(embedder: "Embedder", root: str | Path, template_sets: Sequence[str] = ("none", "photo", "simple", "openai"),
                   depth: int = 1, limit_per_class: int | None = None, batch_size: int = 64,
-                  max_pixels: int | None = None) -> ZeroShotRun:
+                  max_pixels: int | None = None, calibration: str | None = "auto") -> ZeroShotRun:
+    """Top-1/top-5 per template set; with calibration (queries/calibration.py) fitted on the evaluated
+    images themselves (the collection being classified), beside the raw figures."""
+    from imgrag.retrieval.queries.calibration import fit, resolve_method
     from imgrag.retrieval.queries.classify import class_vectors, load_templates
+
+    method = resolve_method(calibration)
 
     classes, paths, targets = folder_dataset(root, depth, limit_per_class)
     labels = [class_words(c) for c in classes]
@@ -196,13 +205,18 @@ def eval_zeroshot(embedder: "Embedder", root: str | Path, template_sets: Sequenc
     for ts in template_sets:
         w = class_vectors(embedder, labels, load_templates(ts))
         sims = iv @ w.T
-        order = np.argsort(-sims, axis=1, kind="stable")
+        raw_order = np.argsort(-sims, axis=1, kind="stable")
+        c = fit(method, sims, embedder.logit_scale)
+        order = np.argsort(-c.apply(sims), axis=1, kind="stable") if c else raw_order
         top1 = order[:, 0] == y
         top5 = (order[:, : min(5, len(classes))] == y[:, None]).any(axis=1)
         per = {labels[c]: float(top1[y == c].mean()) for c in range(len(classes)) if (y == c).any()}
         conf = Counter((labels[t], labels[p]) for t, p in zip(y, order[:, 0]) if t != p)
+        top5_raw = (raw_order[:, : min(5, len(classes))] == y[:, None]).any(axis=1)
         reports.append(ZeroShotReport(ts, float(top1.mean()), float(top5.mean()), per,
-                                      [(a, b, n) for (a, b), n in conf.most_common(10)]))
+                                      [(a, b, n) for (a, b), n in conf.most_common(10)],
+                                      c.method if c else "none", float((raw_order[:, 0] == y).mean()),
+                                      float(top5_raw.mean())))
     return ZeroShotRun(len(ok), reports, skipped)
 
 
@@ -242,7 +256,8 @@ def run_cli(args) -> int:
                 print(f"{name:14}" + "".join(f"{100 * d[k]:>7.1f}%" for k in KS))
         return 0
     sets = args.templates or ["none", "photo", "simple", "openai"]
-    run = eval_zeroshot(emb, args.dir, sets, args.depth, args.limit_per_class, args.batch_size, max_pixels=max_pixels)
+    run = eval_zeroshot(emb, args.dir, sets, args.depth, args.limit_per_class, args.batch_size, max_pixels=max_pixels,
+                        calibration=getattr(args, "calibration", "auto"))
     n, reps = run.images, run.reports
     if args.json:
         print(json.dumps({"model": args.model, "images": n, "skipped": len(run.skipped),
@@ -250,9 +265,13 @@ def run_cli(args) -> int:
         return 0
     print(f"model {args.model}: {n} images, {len(reps[0].per_class)} classes")
     _print_skipped(run.skipped)
-    print(f"{'templates':<10}{'top-1':>8}{'top-5':>8}")
+    calibrated = any(r.calibration != "none" for r in reps)
+    print(f"{'templates':<10}{'top-1':>8}{'top-5':>8}" + (f"{'raw top-1':>11}{'raw top-5':>11}" if calibrated else ""))
     for r in reps:
-        print(f"{r.templates:<10}{100 * r.top1:>7.1f}%{100 * r.top5:>7.1f}%")
+        print(f"{r.templates:<10}{100 * r.top1:>7.1f}%{100 * r.top5:>7.1f}%"
+              + (f"{100 * r.top1_raw:>10.1f}%{100 * r.top5_raw:>10.1f}%" if calibrated else ""))
+    if calibrated:
+        print(f"(top-1/top-5 with calibration {reps[0].calibration}; --calibration none for raw scores only)")
     best = max(reps, key=lambda r: r.top1)
     print(f"\nper-class top-1 ({best.templates}):")
     for c, a in sorted(best.per_class.items(), key=lambda kv: kv[1]):
