@@ -14,6 +14,7 @@ from PIL import Image
 from conftest import MODEL_CONFIGS_DIR, load_sample
 from imgrag.retrieval.embedders import load_embedder
 from imgrag.retrieval.embedders import openclip as oc
+from imgrag.retrieval.embedders.openclip import hub
 from imgrag.retrieval.embedders.openclip import OpenClipEmbedder
 from imgrag.retrieval.errors import ImgragError, ModelUnavailableError
 
@@ -339,7 +340,7 @@ def test_offline_tag_fails_fast_with_guidance(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(oc, "_probe", lambda *a: pytest.fail("probed the network in offline mode"))
+    monkeypatch.setattr(hub, "_probe", lambda *a: pytest.fail("probed the network in offline mode"))
     emb = OpenClipEmbedder("ViT-B-32:laion2b_s34b_b79k", device="cpu", precision="fp32")
     with pytest.raises(ModelUnavailableError) as ei:
         emb.warmup()
@@ -358,7 +359,7 @@ def test_unreachable_network_fails_fast(monkeypatch, tmp_path):
     import huggingface_hub.constants as hfc
 
     monkeypatch.setattr(hfc, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(oc, "_network_available", lambda *a: False)
+    monkeypatch.setattr(hub, "network_available", lambda *a: False)
     for spec, name in [("ViT-B-32:laion2b_s34b_b79k", "ViT-B-32"), ("hf-hub:org/not-cached", None)]:
         with pytest.raises(ModelUnavailableError) as ei:
             OpenClipEmbedder(spec, device="cpu", precision="fp32").warmup()
@@ -367,8 +368,8 @@ def test_unreachable_network_fails_fast(monkeypatch, tmp_path):
 
 def test_network_probe_respects_offline_env(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(oc, "_probe", lambda *a: pytest.fail("probed"))
-    assert oc._network_available() is False
+    monkeypatch.setattr(hub, "_probe", lambda *a: pytest.fail("probed"))
+    assert hub.network_available() is False
 
 
 # ------------------------------------------------------------------------------------------------

@@ -187,7 +187,7 @@ def test_numpy_minilm_matches_sentence_transformers(emb):
     texts = lite.class_texts("lemmas")[::10] + [
         "a cat", "", "   ", "x " * 600,  # truncated at 256 tokens, as sentence-transformers does
         "Ünïcödé 東京 😀 photo", "a photo of a dog on the beach at sunset", "[CLS] [SEP] [PAD] [MASK]"]
-    ref = SentenceTransformer(str(lite._text_model_dir()), device="cpu").encode(
+    ref = SentenceTransformer(str(lite.text_model_dir()), device="cpu").encode(
         texts, batch_size=7, normalize_embeddings=True, convert_to_numpy=True)
     got = emb.embed_texts(texts)
     assert got.shape == ref.shape == (len(texts), 384)

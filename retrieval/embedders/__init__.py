@@ -1,12 +1,15 @@
-"""Embedders: open_clip models (CLIP, SigLIP, …) and the offline ``lite`` model."""
+"""Embedders: open_clip models (CLIP, SigLIP, …) and the offline ``lite`` model, registered by spec prefix
+(:mod:`imgrag.retrieval.embedders.registry`)."""
 
 from __future__ import annotations
 
-from imgrag.retrieval.embedders.base import Embedder, Embeddings, l2_normalize
+from imgrag.retrieval.embedders.base import Embedder, Embeddings, ModelDefaults, l2_normalize
+from imgrag.retrieval.embedders.registry import embedder_class_for, model_defaults, register_embedder
 
 DEFAULT_MODEL = "ViT-B-32:laion2b_s34b_b79k"
 
-__all__ = ["Embedder", "Embeddings", "l2_normalize", "load_embedder", "DEFAULT_MODEL"]
+__all__ = ["Embedder", "Embeddings", "ModelDefaults", "l2_normalize", "load_embedder", "DEFAULT_MODEL",
+           "embedder_class_for", "model_defaults", "register_embedder"]
 
 
 def load_embedder(spec: str = DEFAULT_MODEL, device: str = "auto", precision: str = "auto",
@@ -21,10 +24,5 @@ def load_embedder(spec: str = DEFAULT_MODEL, device: str = "auto", precision: st
       - ``NAME:/path/to/checkpoint.pt`` — architecture plus a local checkpoint file.
       - ``/path/to/dir`` — a local directory holding ``open_clip_config.json`` + weights.
     """
-    if spec == "lite" or spec.startswith("lite:"):
-        from imgrag.retrieval.embedders.lite import LiteEmbedder
-
-        return LiteEmbedder(spec=spec, device=device, batch_size=batch_size, precision=precision)
-    from imgrag.retrieval.embedders.openclip import OpenClipEmbedder
-
-    return OpenClipEmbedder(spec, device=device, precision=precision, batch_size=batch_size)
+    cls = embedder_class_for(spec)
+    return cls(spec, device=device, precision=precision, batch_size=batch_size)

@@ -71,6 +71,10 @@ class _HTTPGenerator(Generator):
         self.timeout_s = timeout_s
         self.max_tokens = max_tokens
 
+    @classmethod
+    def from_spec(cls, arg: str, device: str = "auto", precision: str = "auto") -> "_HTTPGenerator":
+        return cls(arg or None)  # remote models: device and precision do not apply
+
     # -- configuration (read at call time, so a key set after start-up is seen) -----------------
     def _key(self) -> str:
         key = os.environ.get(self.key_env, "").strip()

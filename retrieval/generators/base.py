@@ -52,6 +52,11 @@ class Generator(ABC):
     max_images: int = 4  # cap from the model's context window
     image_size: int | None = None  # longest side images are resized to before they are sent (None: as is)
 
+    @classmethod
+    def from_spec(cls, arg: str, device: str = "auto", precision: str = "auto") -> "Generator":
+        """Build from the part of a spec after ``KIND:`` (may be empty); cheap, weights load lazily."""
+        return cls()
+
     @abstractmethod
     def stream(self, question: str, items: list[EvidenceItem]) -> Iterator[str]:
         """Yield the answer text in chunks as it is generated."""

@@ -16,7 +16,7 @@ import os
 import threading
 from typing import TYPE_CHECKING, Any, Iterator
 
-from imgrag.retrieval.errors import ModelUnavailableError
+from imgrag.retrieval.errors import ImgragError, ModelUnavailableError
 from imgrag.retrieval.generators.base import EvidenceItem, Generator, GeneratorError, generate_streaming
 from imgrag.retrieval.generators.prompt import ImageSlot, build_prompt
 
@@ -52,11 +52,22 @@ class HFGenerator(Generator):
         self._lock = threading.RLock()
         self._per_image_tokens: int | None = None
 
+    @classmethod
+    def from_spec(cls, arg: str, device: str = "auto", precision: str = "auto") -> "HFGenerator":
+        if not arg:
+            raise ImgragError("generator 'hf:' needs a hub id or a local directory, e.g. hf:llava-hf/llava-1.5-7b-hf")
+        return cls(arg, device=device, precision=precision)
+
     # -- lazy parts ---------------------------------------------------------------------------------
     def _from_pretrained_kwargs(self) -> dict[str, Any]:
-        local = os.path.isdir(self.model_ref)
-        offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
-        return {"local_files_only": True} if (local or offline) else {}
+        """Cache only for a local directory, or when the hub cannot be reached: the embedders' answer
+        (:func:`~imgrag.retrieval.embedders.openclip.hub.network_available`: HF_HUB_OFFLINE or
+        TRANSFORMERS_OFFLINE set, or a short probe fails), so transformers fails fast instead of retrying."""
+        from imgrag.retrieval.embedders.openclip import hub
+
+        if os.path.isdir(self.model_ref) or not hub.network_available(hub.hf_endpoint()):
+            return {"local_files_only": True}
+        return {}
 
     def _ensure_processor(self) -> None:
         if self._processor is not None:

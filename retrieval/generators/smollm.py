@@ -68,6 +68,10 @@ class SmolLMGenerator(Generator):
         self._load_lock = threading.Lock()
         self._gen_lock = threading.Lock()  # one generation at a time per process (CPU-bound anyway)
 
+    @classmethod
+    def from_spec(cls, arg: str, device: str = "auto", precision: str = "auto") -> "SmolLMGenerator":
+        return cls(device=device)  # one packaged model, always fp32 on CPU: arg and precision do not apply
+
     @property
     def is_loaded(self) -> bool:
         return self._model is not None

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Iterator
 
+from imgrag.retrieval.embedders import model_defaults
 from imgrag.retrieval.errors import BadQueryError
 from imgrag.retrieval.generators.base import EvidenceItem, Generator
 from imgrag.retrieval.generators.prompt import parse_citations, says_not_shown
@@ -29,12 +30,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from imgrag.retrieval.index import Index
 
 log = logging.getLogger(__name__)
-
-#: Default guard thresholds (cosine similarity of the question to the best image) per model family.
-#: ``lite`` was measured on data/samples (docs/generators.md); the CLIP and SigLIP values are
-#: conservative starting points from those models' usual score ranges, not measured here.
-MIN_SCORE_DEFAULTS = {"lite": 0.25, "siglip": 0.05, "clip": 0.18}
-
 
 @dataclass
 class Citation:
@@ -72,13 +67,9 @@ NO_ANSWER_TEXT = ("The collection does not seem to contain images that answer th
 
 
 def default_min_score(model_id: str) -> float:
-    """Guard threshold for an index built with ``model_id`` (see :data:`MIN_SCORE_DEFAULTS`)."""
-    m = (model_id or "").lower()
-    if m == "lite" or m.startswith("lite:"):
-        return MIN_SCORE_DEFAULTS["lite"]
-    if "siglip" in m:
-        return MIN_SCORE_DEFAULTS["siglip"]
-    return MIN_SCORE_DEFAULTS["clip"]
+    """Guard threshold for an index built with ``model_id``: its embedder family's ``min_score``
+    (:func:`imgrag.retrieval.embedders.model_defaults`; no weights are loaded)."""
+    return model_defaults(model_id).min_score
 
 
 class AnswerStream:
@@ -351,7 +342,7 @@ def _facts(index: "Index", h: Hit, question: str = "") -> dict[str, str]:
         f["size"] = f"{row['width']}x{row['height']}"
     if row.get("label"):
         f["label"] = str(row["label"])
-    labels = _lite_labels(index, h)
+    labels = _class_labels(index, h)
     if labels:
         f["looks like"] = labels
     if row.get("page") is None:
@@ -403,30 +394,21 @@ def exif_text(path: str, limit: int = 400) -> str | None:
     return text[:limit] or None
 
 
-def _lite_labels(index: "Index", h: Hit, top: int = 3) -> str | None:
-    """For the lite model: the ImageNet classes nearest the stored vector (what the image looks like)."""
-    model = (index.manifest.model or "").lower()
-    if not (model == "lite" or model.startswith("lite:")):
-        return None
+def _class_labels(index: "Index", h: Hit, top: int = 3) -> str | None:
+    """The known classes nearest the stored vector (what the image looks like), for embedders with a class
+    vocabulary (``defaults(spec).class_names``); None otherwise, or when they cannot be had."""
+    if not model_defaults(index.manifest.model).class_names:
+        return None  # without touching index.embedder: building one may import its model library
     try:
         import numpy as np
 
-        from imgrag.retrieval.embedders.lite import imagenet_lemmas
-
-        emb = index.embedder
-        cls = getattr(emb, "_lite_answer_classes", None)
-        if cls is None:
-            cls = emb._class_embeddings()
-            emb._lite_answer_classes = cls
         got = index.store.get([h.id], columns=["id", "vector"])
         if not got.num_rows:
             return None
         v = np.asarray(got["vector"][0].as_py(), dtype=np.float32)
-        sims = cls @ v
-        names = imagenet_lemmas()
-        return ", ".join(names[i][0] for i in np.argsort(-sims)[:top])
+        return ", ".join(index.embedder.nearest_class_names(v, top)) or None
     except Exception as e:  # noqa: BLE001 - labels are a nicety; the answer still works without them
-        log.debug("lite labels unavailable: %s", e)
+        log.debug("class labels unavailable: %s", e)
         return None
 
 

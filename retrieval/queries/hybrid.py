@@ -10,9 +10,9 @@
 A ranking that carries no information only adds noise to the fusion: a page that both lists hold at
 middling ranks outranks the keyword search's best page. So the vector ranking takes part only when its
 best match stands out — its cosine similarity exceeds the median of the vector candidates by at least
-``vector_gate`` — and the lists are weighted. Defaults depend on the model (:func:`hybrid_defaults`):
-for the offline ``lite`` model, which cannot read, weights 0.5,1 and gate 0.10 were measured best
-(``bench/docs_retrieval.py``, BENCHMARKS.md "Documents"); other models use plain RRF (1,1, no gate)
+``vector_gate`` — and the lists are weighted. Defaults are the embedder family's own
+(:func:`hybrid_defaults`, from ``ModelDefaults``: the offline ``lite`` model, which cannot read, uses weights
+0.5,1 and gate 0.10, measured with ``bench/docs_retrieval.py``); other models use plain RRF (1,1, no gate)
 until measured.
 
 Each hit's ``row`` gains ``snippet`` (the best-matching window of its text) and ``match_spans``
@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
+from imgrag.retrieval.embedders import model_defaults
 from imgrag.retrieval.errors import BadQueryError
 from imgrag.retrieval.stores.base import Filters, Hit
 
@@ -34,16 +35,13 @@ if TYPE_CHECKING:  # pragma: no cover
 MODES = ("auto", "vector", "text", "hybrid")
 RRF_K = 60
 DEFAULT_WEIGHTS = (1.0, 1.0)  # (vector, text)
-#: Per model family: (weights, vector gate). Measured for lite only; see the module docstring.
-MODEL_DEFAULTS = {"lite": ((0.5, 1.0), 0.10)}
 
 
 def hybrid_defaults(model_id: str | None) -> tuple[tuple[float, float], float]:
-    """(vector weight, text weight) and vector gate for an index built with ``model_id``."""
-    m = (model_id or "").lower()
-    if m == "lite" or m.startswith("lite:"):
-        return MODEL_DEFAULTS["lite"]
-    return DEFAULT_WEIGHTS, 0.0
+    """(vector weight, text weight) and vector gate for an index built with ``model_id`` (its embedder
+    family's defaults; no weights are loaded)."""
+    d = model_defaults(model_id)
+    return tuple(d.hybrid_weights), float(d.vector_gate)
 
 
 def vector_informative(hits: Sequence[Hit], gate: float) -> bool:
