@@ -41,7 +41,7 @@ from PIL import Image, UnidentifiedImageError
 from imgrag.retrieval.pixels import ImageDecodeError, _short, strict_load, to_rgb
 
 __all__ = ["DecodedImage", "ImageDecodeError", "content_hash", "decode_image", "is_supported", "to_rgb",
-           "strict_load"]
+           "strict_load", "pixel_limit"]
 
 #: Refuse images whose declared width × height exceeds this (pixels). Same as Pillow's hard limit
 #: (2 × the default ``Image.MAX_IMAGE_PIXELS``) and the indexer's default.
@@ -102,6 +102,11 @@ class DecodedImage:
     gps_lon: float | None = None
     #: Pillow format name ("JPEG", "PNG", …).
     format: str | None = None
+
+
+def pixel_limit(megapixels: float | None) -> int:
+    """The ``max_pixels`` for a ``--max-megapixels N`` setting (None: :data:`DEFAULT_MAX_PIXELS`)."""
+    return DEFAULT_MAX_PIXELS if megapixels is None else int(megapixels * 1_000_000)
 
 
 def content_hash(data: bytes) -> str:

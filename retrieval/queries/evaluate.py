@@ -239,8 +239,9 @@ def run_cli(args) -> int:
     from imgrag.retrieval.embedders import load_embedder
 
     emb = load_embedder(args.model, device=args.device, precision=args.precision, batch_size=args.batch_size)
-    mp = getattr(args, "max_megapixels", None)
-    max_pixels = int(mp * 1_000_000) if mp else None
+    from imgrag.retrieval.imageio import pixel_limit
+
+    max_pixels = pixel_limit(getattr(args, "max_megapixels", None))
     if args.eval_kind == "retrieval":
         r = eval_retrieval(emb, args.images, args.captions, args.batch_size, max_pixels=max_pixels)
         if args.json:
