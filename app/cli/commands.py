@@ -32,6 +32,7 @@ def _open_index(args):
 def cmd_index(args) -> int:
     from imgrag.indexer.pipeline import IndexOptions, build_index
     from imgrag.retrieval.embedders import DEFAULT_MODEL, load_embedder
+    from imgrag.retrieval.imageio import pixel_limit
     from imgrag.retrieval.index import Index, Manifest, default_index_dir
     from imgrag.retrieval.location import is_uri
 
@@ -67,7 +68,8 @@ def cmd_index(args) -> int:
         raise ImgragError(f"--dpi must be between 1 and 1200, got {args.dpi:g}")
     options = IndexOptions(batch_size=args.batch_size, workers=args.workers, draft=args.draft,
                            commit_every=args.commit_every, retry_skipped=args.retry_skipped, prune=args.prune,
-                           dpi=args.dpi, page_tiles=args.page_tiles, ocr_images=args.ocr, ocr_pages=args.ocr_pages)
+                           dpi=args.dpi, page_tiles=args.page_tiles, ocr_images=args.ocr, ocr_pages=args.ocr_pages,
+                           max_pixels=pixel_limit(args.max_megapixels))
     show_bar = (args.progress and not args.json and sys.stderr.isatty()
                 or (args.progress and os.environ.get("IMGRAG_PROGRESS") == "1"))
     bar = IndexProgress() if show_bar else None
@@ -78,7 +80,7 @@ def cmd_index(args) -> int:
             ropts = RayOptions(address=args.ray_address, actors=args.ray_actors, batch_size=args.batch_size,
                                commit_every=max(args.commit_every, 1), draft=args.draft,
                                retry_skipped=args.retry_skipped, prune=args.prune, device=args.device,
-                               precision=args.precision)
+                               precision=args.precision, max_pixels=pixel_limit(args.max_megapixels))
             rep = build_index_ray(index, args.paths, ropts, progress=bar)
         else:
             rep = build_index(index, args.paths, options, progress=bar)

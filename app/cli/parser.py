@@ -50,6 +50,19 @@ def _nonneg_int(s: str) -> int:
     return v
 
 
+def _megapixels(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {s!r}") from None
+    if not 0 < v <= 100_000:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"must be a number of megapixels above 0 (at most 100000), got {s}")
+    return v
+
+
+MAX_MEGAPIXELS_HELP = ("largest image accepted, in megapixels (default 179, Pillow's own limit); larger ones (huge scans, posters) are decoded reduced to at most 16 MP: JPEG at a DCT scale and 8-bit PNG in strips with bounded memory, other formats whole (about 4 bytes per pixel)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from imgrag.retrieval.embedders import DEFAULT_MODEL
 
@@ -83,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "0 = decode in the main process)")
     pi.add_argument("--no-draft", dest="draft", action="store_false",
                     help="decode JPEGs at full size (default: reduced-size DCT decoding to the model's resolution)")
+    pi.add_argument("--max-megapixels", type=_megapixels, metavar="N", help=MAX_MEGAPIXELS_HELP)
     pi.add_argument("--commit-every", type=_positive_int, default=1024, help="rows per atomic commit (default 1024)")
     pi.add_argument("--retry-skipped", action="store_true", help="retry files that failed before even if unchanged")
     pi.add_argument("--no-prune", dest="prune", action="store_false", help="keep rows of files deleted from disk")
@@ -168,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     er.add_argument("--captions", required=True, metavar="FILE", help="TSV: relative/path.jpg<TAB>caption (several lines per image allowed)")
     er.add_argument("--model", default="lite")
     er.add_argument("--batch-size", type=_positive_int, default=64)
+    er.add_argument("--max-megapixels", type=_megapixels, metavar="N", help=MAX_MEGAPIXELS_HELP)
     er.add_argument("--json", action="store_true")
     ez = esub.add_parser("zeroshot", parents=[common], help="top-1/top-5 accuracy on a folder-per-class tree")
     ez.add_argument("dir", metavar="DIR")
@@ -177,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     ez.add_argument("--depth", type=_positive_int, default=1, help="folder depth that names the class (default 1)")
     ez.add_argument("--limit-per-class", type=int, default=None)
     ez.add_argument("--batch-size", type=_positive_int, default=64)
+    ez.add_argument("--max-megapixels", type=_megapixels, metavar="N", help=MAX_MEGAPIXELS_HELP)
     ez.add_argument("--json", action="store_true")
     return p
 
@@ -215,8 +231,9 @@ def _add_serve(sub, common) -> None:
     pv.add_argument("--generator", default=None, help="generator for the Ask tab (default smollm2)")
     pv.add_argument("--max-upload-mb", type=float, default=25, metavar="MB",
                     help="largest accepted upload in megabytes (default 25)")
-    pv.add_argument("--max-upload-mp", type=float, default=50, metavar="MP",
-                    help="largest accepted upload in megapixels, checked before decoding (default 50)")
+    pv.add_argument("--max-upload-mp", "--max-megapixels", dest="max_upload_mp", type=_megapixels, default=50,
+                    metavar="MP", help="largest accepted upload in megapixels, checked before decoding (default 50; "
+                                       "above 179 an upload is decoded reduced, as imgrag index --max-megapixels)")
 
 
 def _filter_args(p: argparse.ArgumentParser) -> None:

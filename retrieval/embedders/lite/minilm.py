@@ -5,7 +5,7 @@ followed by mean pooling over the tokens and L2 normalisation. Importing sentenc
 in transformers and torch (≈ 5 s on a 2-core machine) before a single query can be encoded, which is
 most of a cold ``imgrag search``. This module runs the same network with NumPy, the Rust
 ``tokenizers`` package and ``safetensors``, which import in ≈ 0.1 s; its output matches
-sentence-transformers to float32 rounding (``tests/test_minilm.py`` checks it against the real package).
+sentence-transformers to float32 rounding (``tests/test_lite.py`` checks it against the real package).
 
 Only the architecture of that checkpoint is implemented (BERT with absolute positions, exact GELU,
 post-LayerNorm, mean pooling), and :func:`load` refuses a checkpoint whose config differs.
