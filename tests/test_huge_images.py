@@ -235,6 +235,52 @@ def test_eval_max_megapixels_admits_a_huge_image(tmp_path, monkeypatch):
     assert run.images == 10 and not run.skipped
 
 
+# ------------------------------------------------------------------------------------------------
+# CLI: --max-megapixels for index, eval and serve (uploads)
+# ------------------------------------------------------------------------------------------------
+def test_cli_max_megapixels(tmp_path, tiny_model_configs, capsys):
+    from imgrag.app.cli import main
+    from imgrag.app.cli.parser import build_parser
+    from imgrag.retrieval.index import Index
+
+    coll = tmp_path / "coll"
+    for cls in ("a", "b"):
+        (coll / cls).mkdir(parents=True)
+        Image.new("RGB", (100, 100), (200, 30, 30) if cls == "a" else (30, 30, 200)).save(coll / cls / "small.png")
+    Image.new("RGB", (300, 300), (30, 200, 30)).save(coll / "b" / "big.png")  # 0.09 MP
+    idx = tmp_path / "idx"
+    base = ["--index", str(idx), "--model", "imgrag-tiny-clip", "--workers", "0"]
+
+    # invalid values are refused by the parser, before anything is created
+    for bad in ("0", "-5", "nan", "lots"):
+        with pytest.raises(SystemExit) as ei:
+            main(["index", str(coll), *base, "--max-megapixels", bad])
+        assert ei.value.code == 2 and not idx.exists()
+    capsys.readouterr()
+
+    assert main(["index", str(coll), *base, "--max-megapixels", "0.05", "--json"]) == 0
+    capsys.readouterr()
+    index = Index.open(idx)
+    assert index.store.count() == 2
+    skips = {Path(s["path"]).name: s["reason"] for s in index.skipped()}
+    assert list(skips) == ["big.png"] and skips["big.png"].startswith("image too large: 300x300")
+    assert main(["index", str(coll), *base, "--max-megapixels", "1", "--retry-skipped", "--json"]) == 0
+    capsys.readouterr()
+    assert Index.open(idx).store.count() == 3 and not Index.open(idx).skipped()
+
+    assert main(["eval", "zeroshot", str(coll), "--model", "imgrag-tiny-clip", "--templates", "none",
+                 "--max-megapixels", "0.05", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["images"] == 2 and out["skipped"] == 1 and out["unreadable"][0]["path"].endswith("big.png")
+    assert main(["eval", "zeroshot", str(coll), "--model", "imgrag-tiny-clip", "--templates", "none", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["skipped"] == 0
+
+    p = build_parser()
+    if any(a.dest == "command" and "serve" in (a.choices or {}) for a in p._actions):
+        assert p.parse_args(["serve", "--max-megapixels", "400"]).max_upload_mp == 400
+        assert p.parse_args(["serve"]).max_upload_mp == 50
+
+
 if __name__ == "__main__":  # figures: python tests/test_huge_images.py 21000 30000
     import tempfile
 
