@@ -100,7 +100,7 @@ def plan_memory(n: int) -> dict:
     a0 = pa.total_allocated_bytes()
     tracemalloc.start()
     t = time.perf_counter()
-    plan = plan_work(states, listing(), ["/data/photos"], {}, frozenset({".jpg"}))
+    plan = plan_work(states, listing(), ["/data/photos"], {})
     dt = time.perf_counter() - t
     _, py_peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
@@ -112,7 +112,7 @@ def plan_memory(n: int) -> dict:
             "plan_python_peak_bytes_per_file": round(py_peak / n, 1),
             "rss_growth_bytes_per_file": round((r2 - r0) / n, 1),
             "plan_seconds": round(dt, 2),
-            "work_rows": plan.work.num_rows, "gone": len(plan.gone), "_": plan.scanned}
+            "work_rows": plan.images.num_rows, "gone": len(plan.gone), "_": plan.scanned}
 
 
 def main() -> int:

@@ -1,14 +1,12 @@
-"""The Ray engine's plan (Arrow joins) follows the local indexer's rules; no Ray needed."""
+"""The Ray engine plans with the shared planner, documents aside (they become skips); no Ray needed."""
 
 from __future__ import annotations
 
 import pyarrow as pa
 
-from imgrag.indexer.ray_engine import plan_work
+from imgrag.indexer.plan import make_plan
+from imgrag.indexer.ray_engine import DOCUMENT_REASON, plan_work
 from imgrag.indexer.scan import FileEntry, Skip
-
-IMAGES = frozenset({".jpg", ".png"})
-
 
 def states(rows):
     return pa.table({"id": [r[0] for r in rows], "path": [r[1] for r in rows],
@@ -31,8 +29,8 @@ def test_plan_rules():
              FileEntry("/r/sub/c.jpg", 6, 60)]
     prev = {"/r/bad.jpg": {"path": "/r/bad.jpg", "reason": "truncated", "size": 8, "mtime_ns": 80},
             "/r/bad2.jpg": {"path": "/r/bad2.jpg", "reason": "truncated", "size": 9, "mtime_ns": 1}}
-    p = plan_work(st, iter(items), ["/r"], prev, IMAGES)
-    work = {r["path"]: r for r in p.work.to_pylist()}
+    p = plan_work(st, iter(items), ["/r"], prev)
+    work = {r["path"]: r for r in p.images.to_pylist()}
     assert work == {"/r/b.jpg": {"path": "/r/b.jpg", "size": 2, "mtime_ns": 21, "replace": True},
                     "/r/bad2.jpg": {"path": "/r/bad2.jpg", "size": 9, "mtime_ns": 90, "replace": False},
                     "/r/new.png": {"path": "/r/new.png", "size": 7, "mtime_ns": 70, "replace": False}}
@@ -42,13 +40,23 @@ def test_plan_rules():
     assert p.gone == ["/r/gone.jpg"]  # not /other/…, not /rr/… (a sibling prefix), not the indexed PDF's pages
     assert (p.scanned, p.unchanged) == (9, 3)
 
-    retry = plan_work(st, iter(items), ["/r"], prev, IMAGES, retry_skipped=True, prune=False)
-    assert "/r/bad.jpg" in retry.work["path"].to_pylist() and retry.gone == []
+    retry = plan_work(st, iter(items), ["/r"], prev, retry_skipped=True, prune=False)
+    assert "/r/bad.jpg" in retry.images["path"].to_pylist() and retry.gone == []
 
 
 def test_plan_empty_index_and_empty_listing():
     empty = states([])
-    p = plan_work(empty, iter([FileEntry("/r/a.jpg", 1, 1)]), ["/r"], {}, IMAGES)
-    assert p.work.to_pylist() == [{"path": "/r/a.jpg", "size": 1, "mtime_ns": 1, "replace": False}]
-    p = plan_work(states([("/r/a.jpg", "/r/a.jpg", 1, 1)]), iter([]), ["/r"], {}, IMAGES)
-    assert p.work.num_rows == 0 and p.gone == ["/r/a.jpg"]
+    p = plan_work(empty, iter([FileEntry("/r/a.jpg", 1, 1)]), ["/r"], {})
+    assert p.images.to_pylist() == [{"path": "/r/a.jpg", "size": 1, "mtime_ns": 1, "replace": False}]
+    p = plan_work(states([("/r/a.jpg", "/r/a.jpg", 1, 1)]), iter([]), ["/r"], {})
+    assert p.images.num_rows == 0 and p.gone == ["/r/a.jpg"]
+
+
+def test_document_skipped_by_ray_is_indexed_by_the_local_engine_later():
+    """The Ray engine's skip of a new PDF carries no size/mtime, so the local planner does not take it for
+    an earlier failure of the unchanged file: the document is planned, not skipped again."""
+    items = [FileEntry("/r/e.pdf", 5, 50)]
+    ray_plan = plan_work(states([]), iter(items), ["/r"], {})
+    assert [(s["path"], s["reason"]) for s in ray_plan.skips] == [("/r/e.pdf", DOCUMENT_REASON)]
+    local = make_plan(states([]), iter(items), ["/r"], ray_plan.skips)
+    assert local.documents == items and local.skips == []

@@ -11,7 +11,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from datetime import date, datetime, time
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -262,6 +262,22 @@ class VectorStore(ABC):
 
     def optimize(self) -> None:
         """Called once at the end of an indexing run: build/refresh the ANN index, compact files."""
+
+    # --- rows written by worker processes (the Ray engine) -------------------------------------------
+    def staged_writer(self) -> Callable[[pa.Table], str]:
+        """A picklable ``writer(rows) -> token`` for worker processes: it stores rows whose ids the store
+        does not hold yet where no reader sees them. :meth:`commit_staged` makes them visible; rows staged
+        and never committed stay invisible (the store's cleanup removes their files)."""
+        from imgrag.retrieval.errors import ImgragError
+
+        raise ImgragError(f"the {self.kind} store cannot take rows written by worker processes; "
+                          "use the local engine or a LanceDB index")
+
+    def commit_staged(self, tokens: Sequence[str]) -> None:
+        """Make the rows behind ``tokens`` (from :meth:`staged_writer` writers) visible in one atomic commit."""
+        from imgrag.retrieval.errors import ImgragError
+
+        raise ImgragError(f"the {self.kind} store cannot take rows written by worker processes")
 
     # --- reading -------------------------------------------------------------------------------
     @abstractmethod

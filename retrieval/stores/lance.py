@@ -370,6 +370,33 @@ class LanceStore(VectorStore):
     def storage_options(self) -> dict[str, str]:
         return self.location.storage_options()
 
+    # --- rows written by worker processes: Lance fragments, appended in one commit ----------------------
+    def staged_writer(self) -> LanceStagedWriter:
+        import lance
+
+        so = self.storage_options()
+        try:  # new fragments must use the file format version of the fragments lancedb wrote
+            version = str(lance.dataset(self.table_uri, storage_options=so or None).data_storage_version)
+        except Exception:  # noqa: BLE001 - fall back to pylance's default
+            version = None
+        return LanceStagedWriter(self.table_uri, so, version, self.dim)
+
+    def commit_staged(self, tokens: Sequence[str]) -> None:
+        import json
+
+        import lance
+        from lance.fragment import FragmentMetadata
+
+        frags = [FragmentMetadata.from_json(json.dumps(f) if isinstance(f, dict) else f)
+                 for t in tokens for f in json.loads(t)]
+        if not frags:
+            return
+        so = self.storage_options() or None
+        cur = lance.dataset(self.table_uri, storage_options=so)
+        lance.LanceDataset.commit(self.table_uri, lance.LanceOperation.Append(frags), read_version=cur.version,
+                                  storage_options=so)
+        self._tbl.checkout_latest()  # this handle reads the new version at once
+
     def describe(self) -> dict[str, Any]:
         idx = self._vector_index(refresh=True)
         d: dict[str, Any] = {"kind": self.kind, "rows": self.count(), "version": int(self._tbl.version),
@@ -390,6 +417,29 @@ class LanceStore(VectorStore):
     def close(self) -> None:
         self._tbl = None  # type: ignore[assignment]
         self._db = None
+
+
+class LanceStagedWriter:
+    """Writes rows as fragment files of the table without committing them (picklable: runs in Ray workers).
+
+    The token is the fragments' metadata (JSON); :meth:`LanceStore.commit_staged` appends them in one commit."""
+
+    def __init__(self, table_uri: str, storage_options: dict[str, str], data_storage_version: str | None,
+                 dim: int) -> None:
+        self.table_uri, self.storage_options = table_uri, storage_options
+        self.data_storage_version, self.dim = data_storage_version, dim
+
+    def __call__(self, rows: pa.Table) -> str:
+        import json
+
+        from lance.fragment import write_fragments
+
+        rows = conform_rows(rows, self.dim)
+        if rows.num_rows == 0:
+            return "[]"
+        frags = write_fragments(rows, self.table_uri, schema=rows.schema, storage_options=self.storage_options or None,
+                                data_storage_version=self.data_storage_version, max_rows_per_file=rows.num_rows)
+        return json.dumps([f.to_json() for f in frags])
 
 
 # --- helpers shared with the FAISS store ------------------------------------------------------------
