@@ -248,3 +248,30 @@ def test_search_uses_the_adapter_unless_switched_off(colour_index):
     assert "/red/" not in search(idx, "red", k=1)[0].id
     reset_adapter(idx)
     assert "/red/" in search(idx, "red", k=1)[0].id
+
+
+def test_cli_tune_search_no_adapter_reset_and_lock(tmp_path, tiny_model_configs, capsys):
+    from imgrag.app.cli import main
+    from imgrag.indexer.lease import writer_lock
+
+    tree = _tree(tmp_path / "tree")
+    idx = tmp_path / "idx"
+    assert main(["index", str(tree), "--index", str(idx), "--model", "imgrag-tiny-clip", "--workers", "0"]) == 0
+    capsys.readouterr()
+    assert main(["tune", "--index", str(idx), "--labels-from-index"]) == 2
+    assert "no labels in index" in capsys.readouterr().err
+    assert main(["tune", "--index", str(idx), "--folders", str(tree), "--loss", "clip", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["loss"] == "clip" and out["images"] == 12 and out["embedded"] == 0 and out["val_items"] == 3
+    assert set(out["before"]) == {"i2t_top1", "t2i_r1"} and (idx / "adapter.npz").is_file()
+    assert adapter_info(Index.open(idx))["config"]["loss"] == "clip"
+    for extra in ([], ["--no-adapter"]):
+        assert main(["search", "red", "--index", str(idx), "--mode", "vector", "-k", "3", "--json", *extra]) == 0
+        assert len(json.loads(capsys.readouterr().out)) == 3
+    assert main(["classify", "--labels", "red,green,blue", "--index", str(idx), "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)) == 12
+    with writer_lock(idx):  # an indexer (or another tune) is writing: tune is refused, the adapter untouched
+        assert main(["tune", "--index", str(idx), "--reset"]) == 3
+    assert "index" in capsys.readouterr().err and (idx / "adapter.npz").is_file()
+    assert main(["tune", "--index", str(idx), "--reset"]) == 0
+    assert "adapter removed" in capsys.readouterr().out and not (idx / "adapter.npz").exists()

@@ -26,7 +26,12 @@ def _filters(args):
 def _open_index(args):
     from imgrag.retrieval.index import Index
 
-    return Index.open(args.index, device=args.device, precision=args.precision)
+    index = Index.open(args.index, device=args.device, precision=args.precision)
+    if getattr(args, "no_adapter", False):  # search, classify and ask compare without the tuned adapter
+        from imgrag.retrieval.tune import set_adapter_enabled
+
+        set_adapter_enabled(index, False)
+    return index
 
 
 def cmd_index(args) -> int:
@@ -175,6 +180,11 @@ def cmd_classify(args) -> int:
         labels = parse_labels(args.labels)
     index = _open_index(args)
     clf = ZeroShotClassifier(index.embedder, labels, args.templates, _thresholds(args.threshold, labels))
+    from imgrag.retrieval.tune import active_adapter
+
+    adapter = active_adapter(index)
+    if adapter is not None:  # class texts pass through the tuned adapter like search queries
+        clf.weights = adapter.apply_text(clf.weights)
     rows: list[dict] = []
     if args.image:
         pred = clf.predict_images([load_query_image(args.image)], top_n=args.top)[0]
@@ -244,5 +254,43 @@ def cmd_eval(args) -> int:
     return evaluate.run_cli(args)
 
 
-COMMANDS = {"index": cmd_index, "search": cmd_search, "classify": cmd_classify, "info": cmd_info,
+def cmd_tune(args) -> int:
+    from imgrag.indexer.lease import writer_lock
+    from imgrag.retrieval.tune import reset_adapter
+
+    index = _open_index(args)
+    with writer_lock(index.root):  # one writer at a time: an indexer or another tune
+        if args.reset:
+            removed = reset_adapter(index)
+            if args.json:
+                print_json({"index": str(index.root), "removed": removed})
+            else:
+                print(f"adapter removed from {index.root}" if removed else f"{index.root} has no adapter")
+            return 0
+        from imgrag.retrieval.tune import data
+        from imgrag.retrieval.tune.train import TuneConfig, tune_index
+
+        if args.folders:
+            sup = data.from_folders(index, args.folders)
+        elif args.captions:
+            sup = data.from_captions(index, args.captions)
+        else:
+            sup = data.from_index_labels(index)
+        res = tune_index(index, sup, TuneConfig(loss=args.loss, seed=args.seed))
+    out = {"index": str(index.root), "loss": args.loss, **sup.summary(), **res.to_json()}
+    if args.json:
+        print_json(out)
+        return 0
+    print(f"tuned on {sup.source}: {len(sup.item_ids)} images ({sup.embedded} embedded now), {len(sup.key_names)} "
+          f"{'classes' if sup.kind == 'classes' else 'captioned images'}, {len(sup.texts)} texts; loss {args.loss}")
+    print(f"validation ({res.val_items} held-out images, best epoch {res.best_epoch} of {res.epochs}):")
+    print(f"  {'':22}{'before':>8}{'after':>8}")
+    for key, name in (("i2t_top1", "image→text top-1"), ("t2i_r1", "text→image R@1")):
+        print(f"  {name:22}{100 * res.before[key]:>7.1f}%{100 * res.after[key]:>7.1f}%")
+    print(f"adapter saved in {index.root}; search, classify and ask use it (--no-adapter to compare, "
+          f"`imgrag tune --reset` to remove it)")
+    return 0
+
+
+COMMANDS = {"tune": cmd_tune, "index": cmd_index, "search": cmd_search, "classify": cmd_classify, "info": cmd_info,
             "ask": cmd_ask, "serve": cmd_serve, "eval": cmd_eval}

@@ -141,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "median by G (default: 0.10 for the lite model, else 0 = always)")
     ps.add_argument("--min-score", type=float, help="hide results with cosine similarity below this")
     ps.add_argument("--sort-date", action="store_true", help="order results by capture date (after the cutoff)")
+    ps.add_argument("--no-adapter", action="store_true", help="ignore the index's tuned adapter (imgrag tune), to compare")
     ps.add_argument("--json", action="store_true", help="print results as JSON")
 
     # classify
@@ -160,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="minimum probability for LABEL to be assigned (repeatable; '*=P' for all)")
     pc.add_argument("--write", action="store_true", help="store each image's top label and probability in the index")
     pc.add_argument("--limit", type=_positive_int, default=50, help="rows printed for whole-index runs (default 50)")
+    pc.add_argument("--no-adapter", action="store_true", help="ignore the index's tuned adapter (imgrag tune), to compare")
     _filter_args(pc)
     pc.add_argument("--json", action="store_true", help="print predictions as JSON (all rows)")
 
@@ -167,6 +169,22 @@ def build_parser() -> argparse.ArgumentParser:
     pn = sub.add_parser("info", parents=[common], help="index statistics, model, store and skipped files")
     pn.add_argument("--errors", action="store_true", help="list files that could not be indexed, with reasons")
     pn.add_argument("--json", action="store_true")
+
+    # tune
+    pt = sub.add_parser("tune", parents=[common], help="train a small adapter on your labels or captions (towers frozen)",
+                        description="Train a residual linear adapter on the text side with SigLIP's sigmoid loss "
+                                    "(default) or CLIP's InfoNCE, on stored vectors (no image is re-embedded unless "
+                                    "it is not in the index); a validation split is held out with early stopping. "
+                                    "The adapter is stored in the index; search, classify and ask use it.")
+    gt = pt.add_mutually_exclusive_group(required=True)
+    gt.add_argument("--folders", metavar="ROOT", help="folder-per-class tree: the folder name is the class text")
+    gt.add_argument("--captions", metavar="TSV", help="path<TAB>caption lines (paths relative to the TSV or the index's)")
+    gt.add_argument("--labels-from-index", action="store_true", help="the labels written by `imgrag classify --write`")
+    gt.add_argument("--reset", action="store_true", help="remove the index's adapter")
+    pt.add_argument("--loss", choices=["siglip", "clip"], default="siglip",
+                    help="siglip (default): pairwise sigmoid loss; clip: symmetric InfoNCE")
+    pt.add_argument("--seed", type=int, default=0, help="seed of the validation split and training (default 0)")
+    pt.add_argument("--json", action="store_true", help="print the result as JSON")
 
     # ask (only when the answer module is installed in this build)
     if _available("imgrag.retrieval.queries.answer"):
@@ -219,6 +237,7 @@ def _add_ask(sub, common) -> None:
     pa.add_argument("--rerank", action="store_true",
                     help="re-order the retrieved images by how many of the question's words their text evidence "
                          "(file name, labels, text) holds, before choosing which to send")
+    pa.add_argument("--no-adapter", action="store_true", help="ignore the index's tuned adapter (imgrag tune), to compare")
     _filter_args(pa)
     pa.add_argument("--json", action="store_true")
 
