@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import pickle
+
+import numpy as np
 import pyarrow as pa
+import pytest
 
 from imgrag.indexer.plan import make_plan
 from imgrag.indexer.ray_engine import DOCUMENT_REASON, plan_work
@@ -60,3 +64,30 @@ def test_document_skipped_by_ray_is_indexed_by_the_local_engine_later():
     assert [(s["path"], s["reason"]) for s in ray_plan.skips] == [("/r/e.pdf", DOCUMENT_REASON)]
     local = make_plan(states([]), iter(items), ["/r"], ray_plan.skips)
     assert local.documents == items and local.skips == []
+
+
+def test_staged_rows_are_invisible_until_one_commit(tmp_path):
+    """The Ray engine's write path through the store: workers stage rows (a picklable writer), the driver
+    commits the tokens of many workers as one new table version; stores that cannot stage say so."""
+    pytest.importorskip("lance", reason="needs pylance: pip install 'imgrag[distributed]'")
+    from imgrag.retrieval.errors import ImgragError
+    from imgrag.retrieval.stores import open_store
+    from imgrag.retrieval.stores.base import make_rows
+
+    store = open_store("lancedb", tmp_path / "lancedb", 4)
+    vecs = np.eye(4, dtype=np.float32)
+    writer = pickle.loads(pickle.dumps(store.staged_writer()))  # as a Ray task receives it
+    tokens = [writer(make_rows([{"id": f"/r/{i}.jpg", "path": f"/r/{i}.jpg", "size": i}], vecs[i:i + 1]))
+              for i in range(3)]
+    assert writer(make_rows([], np.zeros((0, 4), np.float32))) == "[]"
+    version = store.describe()["version"]
+    assert store.count() == 0  # staged, not committed
+    store.commit_staged(tokens)
+    assert store.count() == 3 and store.describe()["version"] == version + 1  # one atomic commit
+    assert sorted(store.get(["/r/0.jpg", "/r/2.jpg"])["size"].to_pylist()) == [0, 2]
+    store.commit_staged([])  # nothing to do: no new version
+    assert store.describe()["version"] == version + 1
+
+    faiss = open_store("faiss", tmp_path / "faiss", 4)
+    with pytest.raises(ImgragError, match="cannot take rows written by worker processes"):
+        faiss.staged_writer()
