@@ -543,3 +543,58 @@ def test_hf_hub_spec_from_prepopulated_cache(tiny_model_configs, monkeypatch, tm
     pp = image_transform_v2(PreprocessCfg(size=48, **preprocess_cfg), is_train=False)
     np.testing.assert_allclose(emb.embed_images(photos[:2]), _encode_images(model, pp, photos[:2]), atol=1e-5)
     assert emb.logit_bias == pytest.approx(-10.0)
+
+
+# ------------------------------------------------------------------------------------------------
+# registry and per-family defaults
+# ------------------------------------------------------------------------------------------------
+
+
+def test_family_defaults_come_from_the_spec_without_torch_or_open_clip():
+    """Queries read thresholds and hybrid weights from the index's model spec; that must import no model
+    library (a cold `imgrag search` with the lite model never imports torch)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, json\n"
+            "from imgrag.retrieval.embedders import model_defaults, embedder_class_for\n"
+            "from imgrag.retrieval.queries.answer import default_min_score\n"
+            "from imgrag.retrieval.queries.hybrid import hybrid_defaults\n"
+            "specs = ['lite', 'lite:top=5', 'ViT-B-32:laion2b_s34b_b79k', 'hf-hub:timm/ViT-B-16-SigLIP', 'x']\n"
+            "out = {s: [model_defaults(s).family, default_min_score(s), list(hybrid_defaults(s)[0]),\n"
+            "           hybrid_defaults(s)[1], model_defaults(s).class_names, embedder_class_for(s).__name__]\n"
+            "       for s in specs}\n"
+            "out['loaded'] = sorted(m for m in ('torch', 'open_clip', 'transformers') if m in sys.modules)\n"
+            "print(json.dumps(out))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout)
+    assert got.pop("loaded") == []
+    assert got["lite"] == got["lite:top=5"] == ["lite", 0.25, [0.5, 1.0], 0.1, True, "LiteEmbedder"]
+    assert got["ViT-B-32:laion2b_s34b_b79k"] == ["clip", 0.18, [1.0, 1.0], 0.0, False, "OpenClipEmbedder"]
+    assert got["hf-hub:timm/ViT-B-16-SigLIP"] == ["siglip", 0.05, [1.0, 1.0], 0.0, False, "OpenClipEmbedder"]
+    assert got["x"][0] == "clip" and got["x"][-1] == "OpenClipEmbedder"  # unclaimed specs: the fallback
+
+
+def test_registered_embedder_is_loaded_and_describes_its_defaults(monkeypatch):
+    from fakes import FakeEmbedder
+
+    from imgrag.retrieval.embedders import ModelDefaults, model_defaults, register_embedder, registry
+    from imgrag.retrieval.queries.hybrid import hybrid_defaults
+
+    monkeypatch.setattr(registry, "_entries", list(registry._entries))  # undone after the test
+
+    class PluginEmbedder(FakeEmbedder):
+        def __init__(self, spec, device="auto", precision="auto", batch_size=None):
+            super().__init__(model_id=spec, batch_size=batch_size or 8)
+
+        @classmethod
+        def defaults(cls, spec):
+            return ModelDefaults(family="plugin", min_score=0.4, hybrid_weights=(0.25, 1.0), vector_gate=0.2)
+
+    register_embedder("plugin", PluginEmbedder)
+    emb = load_embedder("plugin:v2", device="cpu", batch_size=3)
+    assert isinstance(emb, PluginEmbedder) and emb.model_id == "plugin:v2" and emb.batch_size == 3
+    assert model_defaults("plugin").family == "plugin" and hybrid_defaults("plugin:v2") == ((0.25, 1.0), 0.2)
+    assert model_defaults("pluginx").family == "clip"  # a prefix is a whole word before ":"
+    assert emb.nearest_class_names(np.ones(8, np.float32)) == []  # the default: no class vocabulary

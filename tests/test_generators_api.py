@@ -228,3 +228,31 @@ def test_load_generator_cache_is_per_spec_and_thread_safe():
     assert load_generator(None) is load_generator("smollm2")  # the default; building never loads weights
     with pytest.raises(ImgragError, match="unknown generator 'llama:7b'; choose hf:"):
         load_generator("llama:7b")
+
+
+def test_generators_are_registered_by_kind(monkeypatch):
+    from imgrag.retrieval.errors import ImgragError
+    from imgrag.retrieval.generators import Generator, generator_class_for, register_generator, registry
+
+    monkeypatch.setattr(registry, "_kinds", dict(registry._kinds))  # undone after the test
+    assert generator_class_for("Claude:x") is AnthropicGenerator and generator_class_for("gpt") is OpenAIGenerator
+    with pytest.raises(ImgragError, match="needs a hub id"):
+        load_generator("hf:")
+    with pytest.raises(GeneratorError, match="needs a model name"):
+        load_generator("openai")
+
+    class Echo(Generator):
+        def __init__(self, arg: str, device: str) -> None:
+            self.name, self.device = f"echo:{arg}", device
+
+        @classmethod
+        def from_spec(cls, arg, device="auto", precision="auto"):
+            return cls(arg, device)
+
+        def stream(self, question, items):
+            yield question
+
+    register_generator(("echo", "parrot"), Echo)
+    gen = load_generator("PARROT:loud", device="cpu")
+    assert isinstance(gen, Echo) and gen.name == "echo:loud" and gen.device == "cpu"
+    assert gen.generate("hi?", []) == "hi?"

@@ -106,6 +106,28 @@ def test_missing_model_is_a_clear_error(tmp_path):
         gen.processor  # noqa: B018
 
 
+def test_offline_check_is_the_embedders_one(monkeypatch, tmp_path):
+    """hf: loads cache-only exactly when the open_clip embedders would (hub.network_available)."""
+    from imgrag.retrieval.embedders.openclip import hub
+
+    import huggingface_hub.constants as hfc
+
+    gen = HFGenerator("org/some-vlm")
+    monkeypatch.setattr(hfc, "HF_HUB_OFFLINE", False)  # only the environment decides below
+    monkeypatch.setattr(hub, "_probe", lambda *a: pytest.fail("probed the network in offline mode"))
+    for env in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):  # either switch, as for the embedders
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+        monkeypatch.setenv(env, "1")
+        assert gen._from_pretrained_kwargs() == {"local_files_only": True}
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE")
+    monkeypatch.setattr(hub, "network_available", lambda *a: False)  # unreachable: no retry storm
+    assert gen._from_pretrained_kwargs() == {"local_files_only": True}
+    monkeypatch.setattr(hub, "network_available", lambda *a: True)
+    assert gen._from_pretrained_kwargs() == {}
+    assert HFGenerator(str(tmp_path))._from_pretrained_kwargs() == {"local_files_only": True}  # a folder
+
+
 def test_answer_flow_with_a_tiny_vlm(tiny_dirs, tmp_path):
     """The whole flow with a real (tiny) VLM: images decoded, resized to its resolution, capped, sent."""
     from fakes import FakeEmbedder
