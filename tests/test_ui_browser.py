@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import time
 
 import pytest
 
@@ -88,7 +87,13 @@ def _click_and_wait(page, button: str, status: str) -> None:
     page.wait_for_function(
         "([sel, before]) => { const e = document.querySelector(sel + ' [data-seq]');"
         " return e && e.dataset.seq !== before; }", arg=[status, before])
-    page.wait_for_timeout(300)  # let the gallery render
+    _rendered(page)
+
+
+def _rendered(page) -> None:
+    """Wait for the DOM update that just landed to be laid out and painted (two animation frames): the
+    status line and the galleries arrive in one update, so this replaces a fixed pause."""
+    page.evaluate("() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
 
 
 def test_search_shows_expected_top_image_and_more_like_this(browser_page):
@@ -150,7 +155,10 @@ def test_file_names_with_html_are_shown_escaped(browser_page):
     page.locator("#search-gallery img").nth(hit[0]).click()
     page.wait_for_function("() => document.querySelector('#search-detail').innerText.includes('onerror')")
     assert XSS_NAME in page.locator("#search-detail").inner_text()
-    time.sleep(0.5)
+    # every image has loaded or failed (an injected <img onerror> would have fired), then one task turn
+    # for queued load/error handlers
+    page.wait_for_function("() => [...document.images].every(i => i.complete)")
+    page.evaluate("() => new Promise(r => setTimeout(r, 0))")
     assert page.evaluate("() => window.__xss") is None  # the handler never ran
     assert page.locator("img[onerror]").count() == 0
     page.screenshot(path=str(SHOTS / "search-escaped-name.png"), full_page=True)
@@ -189,8 +197,9 @@ def test_oversized_upload_is_refused_with_a_message(browser_page, tmp_path):
     _tab(page, "Search by image")
     page.locator("#image-query button[aria-label*='Clear'], #image-query button[title*='Clear']").first.click(timeout=5000) \
         if page.locator("#image-query button[aria-label*='Clear'], #image-query button[title*='Clear']").count() else None
-    page.locator("#image-query input[type=file]").set_input_files(str(bomb))
-    time.sleep(1.0)
+    with page.expect_response(lambda r: "/upload" in r.url and r.request.method == "POST"):
+        page.locator("#image-query input[type=file]").set_input_files(str(bomb))
+    page.wait_for_selector("#image-query img")  # the upload is the component's value now
     _click_and_wait(page, "#image-button", "#image-status")
     txt = page.locator("#image-status").inner_text()
     assert "upload refused: image too large: 400 MP > 50 MP limit" in txt and "Traceback" not in txt
@@ -206,7 +215,7 @@ def test_classify_an_upload(browser_page):
     page.wait_for_selector("#classify-image img")
     page.click("#classify-button")
     page.wait_for_function("() => /cat/.test(document.querySelector('#classify-probs').innerText)")
-    time.sleep(0.5)
+    _rendered(page)
     lines = [ln.strip() for ln in page.locator("#classify-probs").inner_text().splitlines() if ln.strip()]
     lines = [ln for ln in lines if ln != "Label probabilities"]
     assert lines[0] == "cat", lines  # the top label heads the chart
