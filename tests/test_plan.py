@@ -32,8 +32,8 @@ def chunk(request, monkeypatch):
 def test_each_category_in_listing_order(chunk):
     st = states([img("/r/same.jpg", 1, 10), img("/r/touched.jpg", 2, 20), img("/r/gone.jpg", 3, 30),
                  img("/elsewhere/x.jpg", 4, 40), img("/rr/sibling.jpg", 5, 50)])
-    items = [FileEntry("/r/z-new.png", 7, 70), FileEntry("/r/touched.jpg", 2, 21), Skip("/r/link.jpg", "broken symlink"),
-             FileEntry("/r/same.jpg", 1, 10), FileEntry("/r/a-new.jpg", 8, 80)]
+    items = [FileEntry("/r/z-new.png", 7, 70), FileEntry("/r/touched.jpg", 2, 21),
+             Skip("/r/link.jpg", "broken symlink"), FileEntry("/r/same.jpg", 1, 10), FileEntry("/r/a-new.jpg", 8, 80)]
     p = make_plan(st, iter(items), ["/r"], [])
     assert p.images.to_pylist() == [  # listing order, not path order
         {"path": "/r/z-new.png", "size": 7, "mtime_ns": 70, "replace": False},
