@@ -189,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     # ask (only when the answer module is installed in this build)
     if _available("imgrag.retrieval.queries.answer"):
         _add_ask(sub, common)
-    if _available("imgrag.app.web.server"):
+    if _available("imgrag.app.web"):  # the package, not a module in it: finding that would run its __init__
         _add_serve(sub, common)
 
     # eval
