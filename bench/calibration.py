@@ -44,12 +44,22 @@ def load_set(emb, model: str, root: str, cache: Path, depth: int):
     return [class_words(c) for c in classes], vecs, np.asarray(targets)
 
 
-def accuracy(sims: np.ndarray, y: np.ndarray) -> tuple[float, float, int]:
+def accuracy(sims: np.ndarray, y: np.ndarray, logit_scale: float) -> tuple[float, float, int, float, float]:
+    """top-1, top-5, most images given one label, and of the softmax: NLL and expected calibration
+    error (10 confidence bins) — do the probabilities still mean something after calibration?"""
+    from imgrag.retrieval.queries.classify import scores_to_probs
+
     order = np.argsort(-sims, axis=1, kind="stable")
-    top1 = float((order[:, 0] == y).mean())
+    hit = order[:, 0] == y
     top5 = float((order[:, : min(5, sims.shape[1])] == y[:, None]).any(axis=1).mean())
     max_share = int(np.bincount(order[:, 0], minlength=sims.shape[1]).max())
-    return top1, top5, max_share
+    p = scores_to_probs(sims, logit_scale, None).astype(np.float64)
+    nll = float(-np.log(np.maximum(p[np.arange(len(y)), y], 1e-12)).mean())
+    conf = p.max(axis=1)
+    bins = np.minimum((conf * 10).astype(int), 9)
+    ece = float(sum(abs(conf[bins == b].mean() - hit[bins == b].mean()) * (bins == b).mean()
+                    for b in range(10) if (bins == b).any()))
+    return float(hit.mean()), top5, max_share, nll, ece
 
 
 def main() -> int:
@@ -82,18 +92,20 @@ def main() -> int:
                 settings["other"] = others @ w.T
             for setting, ref in settings.items():
                 c = cal.fit(method, ref, emb.logit_scale)
-                t1, t5, share = accuracy(c.apply(sims) if c else sims, y)
+                t1, t5, share, nll, ece = accuracy(c.apply(sims) if c else sims, y, emb.logit_scale)
                 rows.append({"set": s, "n": len(y), "classes": len(labels), "method": method, "fit_on": setting,
-                             "top1": round(t1, 4), "top5": round(t5, 4), "max_label_share": share})
+                             "top1": round(t1, 4), "top5": round(t5, 4), "max_label_share": share,
+                             "nll": round(nll, 3), "ece": round(ece, 3)})
                 if method == "none":
                     break
     if a.json:
         print(json.dumps(rows, indent=2))
         return 0
-    print(f"{'set':<22}{'n':>6}{'C':>4}  {'method':<9}{'fit on':<11}{'top-1':>7}{'top-5':>7}{'max/label':>10}")
+    print(f"{'set':<22}{'n':>6}{'C':>4}  {'method':<9}{'fit on':<11}{'top-1':>7}{'top-5':>7}{'max/label':>10}{'NLL':>7}{'ECE':>7}")
     for r in rows:
         print(f"{Path(r['set']).name:<22}{r['n']:>6}{r['classes']:>4}  {r['method']:<9}{r['fit_on']:<11}"
-              f"{100 * r['top1']:>6.1f}%{100 * r['top5']:>6.1f}%{r['max_label_share']:>10}")
+              f"{100 * r['top1']:>6.1f}%{100 * r['top5']:>6.1f}%{r['max_label_share']:>10}"
+              f"{r['nll']:>7.2f}{r['ece']:>7.3f}")
     sys.stdout.flush()
     return 0
 

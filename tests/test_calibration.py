@@ -164,3 +164,57 @@ def test_lite_samples_with_the_demo_labels(lite_samples):
     assert max(raw.count(lab) for lab in set(raw)) > len(vecs) / 3  # the bias this corrects is real here
     probs = clf.probabilities(vecs, c)
     assert np.allclose(probs.sum(1), 1, atol=1e-5) and (probs.max(1) < 0.999).mean() > 0.5
+
+
+# --- CLI wiring (tiny random open_clip model) -------------------------------------------------------------
+def test_cli_classify_and_eval_calibration(tmp_path, tiny_model_configs, capsys):
+    import json
+
+    from PIL import Image
+
+    from imgrag.app.cli import main
+    from imgrag.retrieval.index import Index
+    from imgrag.retrieval.queries.classify import ZeroShotClassifier
+
+    coll = tmp_path / "coll"
+    rng = np.random.default_rng(0)
+    for cls in ("red", "green", "blue"):
+        (coll / cls).mkdir(parents=True)
+        for i in range(5):
+            rgb = {"red": (200, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 200)}[cls]
+            px = np.clip(np.asarray(rgb) + rng.normal(0, 40, size=(32, 32, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(px).save(coll / cls / f"{i}.png")
+    idx = tmp_path / "idx"
+    assert main(["index", str(coll), "--index", str(idx), "--model", "imgrag-tiny-clip", "--workers", "0"]) == 0
+    capsys.readouterr()
+
+    def classify(*extra):
+        assert main(["classify", "--labels", "red,green,blue", "--templates", "none", "--top", "3", "--json",
+                     "--index", str(idx), *extra]) == 0
+        return {Path(r["path"]).name if "--image" in extra else r["path"]: dict(r["top"])
+                for r in json.loads(capsys.readouterr().out)}
+
+    index = Index.open(idx)
+    t = index.store.get([str(p) for p in sorted(coll.rglob("*.png"))], columns=["path", "vector"])
+    paths, vecs = t["path"].to_pylist(), np.asarray(t["vector"].to_pylist(), np.float32)
+    clf = ZeroShotClassifier(index.embedder, "red,green,blue", "none")
+    expect_cal = clf.probabilities(vecs, clf.fit_calibration(vecs))
+    expect_raw = clf.probabilities(vecs)
+    assert not np.allclose(expect_cal, expect_raw, atol=1e-3)  # the correction changes something here
+    for extra, expect in (((), expect_cal), (("--calibration", "zscore"), expect_cal),
+                          (("--calibration", "none"), expect_raw)):
+        got = classify(*extra)
+        for p, row in zip(paths, expect):
+            assert np.allclose([got[p][lab] for lab in ("red", "green", "blue")], row, atol=1e-5), extra
+    # one image: calibrated against the index (all 15 vectors: fewer than the sample size)
+    one = classify("--image", str(coll / "red" / "0.png"))["0.png"]
+    i = paths.index(str(coll / "red" / "0.png"))
+    assert np.allclose([one[lab] for lab in ("red", "green", "blue")], expect_cal[i], atol=1e-4)
+
+    assert main(["eval", "zeroshot", str(coll), "--model", "imgrag-tiny-clip", "--templates", "none", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)["results"][0]
+    assert r["calibration"] == cal.DEFAULT_METHOD and {"top1", "top5", "top1_raw", "top5_raw"} <= set(r)
+    assert main(["eval", "zeroshot", str(coll), "--model", "imgrag-tiny-clip", "--templates", "none", "--json",
+                 "--calibration", "none"]) == 0
+    r = json.loads(capsys.readouterr().out)["results"][0]
+    assert r["calibration"] == "none" and r["top1"] == r["top1_raw"]

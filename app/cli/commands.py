@@ -179,7 +179,8 @@ def cmd_classify(args) -> int:
     else:
         labels = parse_labels(args.labels)
     index = _open_index(args)
-    clf = ZeroShotClassifier(index.embedder, labels, args.templates, _thresholds(args.threshold, labels))
+    clf = ZeroShotClassifier(index.embedder, labels, args.templates, _thresholds(args.threshold, labels),
+                             calibration=args.calibration)
     from imgrag.retrieval.tune import active_adapter
 
     adapter = active_adapter(index)
@@ -187,7 +188,9 @@ def cmd_classify(args) -> int:
         clf.weights = adapter.apply_text(clf.weights)
     rows: list[dict] = []
     if args.image:
-        pred = clf.predict_images([load_query_image(args.image)], top_n=args.top)[0]
+        # one image has no collection of its own: calibrated against a random sample of the index
+        pred = clf.predict_images([load_query_image(args.image)], top_n=args.top,
+                                  calibration=clf.calibration_for(index))[0]
         rows.append({"path": os.path.abspath(args.image), "label": pred.label, "score": pred.score, "top": pred.top})
     elif args.query:
         hits = search(index, args.query, k=args.k, filters=_filters(args))
@@ -196,7 +199,9 @@ def cmd_classify(args) -> int:
             by_id = {i: v for i, v in zip(vecs["id"].to_pylist(), vecs["vector"].to_pylist())}
             import numpy as np
 
-            preds = clf.predict_vectors(np.asarray([by_id[h.id] for h in hits], dtype=np.float32), args.top)
+            # search results are a biased set (all near the query): calibrated against a sample of the index
+            preds = clf.predict_vectors(np.asarray([by_id[h.id] for h in hits], dtype=np.float32), args.top,
+                                        calibration=clf.calibration_for(index))
             rows = [{"path": h.path, "label": p.label, "score": p.score, "top": p.top} for h, p in zip(hits, preds)]
     else:
         for _id, path, p in classify_index(index, clf, write=args.write, filters=_filters(args), top_n=args.top):

@@ -162,6 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     pc.add_argument("--write", action="store_true", help="store each image's top label and probability in the index")
     pc.add_argument("--limit", type=_positive_int, default=50, help="rows printed for whole-index runs (default 50)")
     pc.add_argument("--no-adapter", action="store_true", help="ignore the index's tuned adapter (imgrag tune), to compare")
+    _calibration_arg(pc, "each label's scores are corrected for label-prior and hub bias, with statistics of the "
+                         "collection (whole index) or of a random sample of the index (--image, --query)")
     _filter_args(pc)
     pc.add_argument("--json", action="store_true", help="print predictions as JSON (all rows)")
 
@@ -211,6 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     ez.add_argument("--limit-per-class", type=int, default=None)
     ez.add_argument("--batch-size", type=_positive_int, default=64)
     ez.add_argument("--max-megapixels", type=_megapixels, metavar="N", help=MAX_MEGAPIXELS_HELP)
+    _calibration_arg(ez, "top-1/top-5 are of calibrated scores (fitted on the evaluated images); the raw figures "
+                         "are shown beside them (top1_raw, top5_raw)")
     ez.add_argument("--json", action="store_true")
     return p
 
@@ -253,6 +257,14 @@ def _add_serve(sub, common) -> None:
     pv.add_argument("--max-upload-mp", "--max-megapixels", dest="max_upload_mp", type=_megapixels, default=50,
                     metavar="MP", help="largest accepted upload in megapixels, checked before decoding (default 50; "
                                        "above 179 an upload is decoded reduced, as imgrag index --max-megapixels)")
+
+
+def _calibration_arg(p: argparse.ArgumentParser, what: str) -> None:
+    from imgrag.retrieval.queries.calibration import CHOICES, DEFAULT_METHOD
+
+    p.add_argument("--calibration", choices=CHOICES, default="auto",
+                   help=f"zero-shot calibration: auto (default: {DEFAULT_METHOD}): {what}; none: raw scores; "
+                        "or a method (docs/quality.md)")
 
 
 def _filter_args(p: argparse.ArgumentParser) -> None:

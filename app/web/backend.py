@@ -310,7 +310,8 @@ class Backend:
             raise BadQueryError("upload, paste or drop an image to classify")
         clf = self.classifier(labels, templates)
         img = load_upload(upload_path, self.config.max_upload_bytes, self.config.max_upload_pixels)
-        probs = clf.probabilities(self.embedder().embed_images([img]))[0]
+        # one image: calibrated against a random sample of the index (cached per index size)
+        probs = clf.probabilities(self.embedder().embed_images([img]), clf.calibration_for(self.index()))[0]
         return dict(sorted(((lab, float(p)) for lab, p in zip(clf.labels, probs)), key=lambda kv: -kv[1]))
 
     def classify_ids(self, ids: Sequence[str], labels: str, templates: str) -> list[dict[str, Any]]:
@@ -325,7 +326,9 @@ class Backend:
         keep = [i for i in ids if i in by_id]
         if not keep:
             raise BadQueryError("those results are no longer in the index; search again")
-        preds = clf.predict_vectors(np.asarray([by_id[i][1] for i in keep], dtype=np.float32), top_n=3)
+        # search results all lie near the query: calibrated against a sample of the index, not themselves
+        preds = clf.predict_vectors(np.asarray([by_id[i][1] for i in keep], dtype=np.float32), top_n=3,
+                                    calibration=clf.calibration_for(self.index()))
         return [{"id": i, "name": display_name(by_id[i][0]), "label": p.label, "score": p.score, "top": p.top}
                 for i, p in zip(keep, preds)]
 
