@@ -235,6 +235,17 @@ def test_image_embeddings_shape_norm_determinism_batching(emb, photos, photo_vec
     assert (sims[~np.eye(len(v), dtype=bool)] < 0.99).all()
 
 
+def test_nearest_class_names_name_what_the_image_looks_like(cache_dir, photo_vecs):
+    """The public capability `ask` uses for "looks like" evidence: text tower and class-name cache only."""
+    e = LiteEmbedder(device="cpu")
+    assert LiteEmbedder.defaults("lite").class_names
+    names = e.nearest_class_names(photo_vecs[0], 3)  # chelsea, a tabby cat
+    assert len(names) == 3 and any("cat" in n for n in names), names
+    assert not e.is_loaded  # the classifier (torch) was not needed
+    assert e.nearest_class_names(photo_vecs[1], 1)[0] != names[0]  # coffee is not a cat
+    assert e.nearest_class_names(photo_vecs[0], 0) == []
+
+
 def test_vectors_are_conse_means_of_class_name_embeddings(emb, photos):
     """Recompute one image's vector by hand from the classifier output and the MiniLM class names."""
     tf = emb.image_transform()
