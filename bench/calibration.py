@@ -30,18 +30,20 @@ from imgrag.retrieval.queries import calibration as cal
 
 
 def load_set(emb, model: str, root: str, cache: Path, depth: int):
-    from imgrag.retrieval.queries.evaluate import class_words, embed_image_files, folder_dataset
+    """(labels, vectors, targets) of a folder-per-class tree; unreadable images are left out."""
+    from imgrag.retrieval.queries.evaluate import class_words, embed_readable_files, folder_dataset
 
     classes, paths, targets = folder_dataset(root, depth)
     key = hashlib.sha1(f"{model}|{os.path.abspath(root)}|{depth}|{len(paths)}".encode()).hexdigest()[:12]
-    f = cache / f"{Path(root).name}-{key}.npy"
+    f = cache / f"{Path(root).name}-{key}.npz"
     if f.is_file():
-        vecs = np.load(f)
+        z = np.load(f)
+        vecs, ok = z["vecs"], z["ok"]
     else:
-        vecs, _ = embed_image_files(emb, paths)
+        vecs, ok, _skipped = embed_readable_files(emb, paths)
         cache.mkdir(parents=True, exist_ok=True)
-        np.save(f, vecs)
-    return [class_words(c) for c in classes], vecs, np.asarray(targets)
+        np.savez(f, vecs=vecs, ok=np.asarray(ok, dtype=np.int64))
+    return [class_words(c) for c in classes], vecs, np.asarray(targets)[np.asarray(ok, dtype=np.int64)]
 
 
 def accuracy(sims: np.ndarray, y: np.ndarray, logit_scale: float) -> tuple[float, float, int, float, float]:
@@ -62,6 +64,34 @@ def accuracy(sims: np.ndarray, y: np.ndarray, logit_scale: float) -> tuple[float
     return float(hit.mean()), top5, max_share, nll, ece
 
 
+def measure(emb, data: dict[str, tuple[list[str], np.ndarray, np.ndarray]], templates: str = "simple",
+            sample: int = 256, seed: int = 0) -> list[dict]:
+    """One row per set × method × setting; ``data`` maps a set name to (labels, image vectors, targets)."""
+    from imgrag.retrieval.queries.classify import class_vectors, load_templates
+
+    tmpl = load_templates(templates)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for s, (labels, vecs, y) in data.items():
+        w = class_vectors(emb, labels, tmpl)
+        sims = vecs @ w.T
+        others = np.concatenate([v for t, (_, v, _) in data.items() if t != s]) if len(data) > 1 else None
+        for method in ("none", *cal.METHODS):
+            settings = {"collection": sims,
+                        "sample": sims[rng.choice(len(sims), min(sample, len(sims)), replace=False)]}
+            if others is not None:
+                settings["other"] = others @ w.T
+            for setting, ref in settings.items():
+                c = cal.fit(method, ref, emb.logit_scale)
+                t1, t5, share, nll, ece = accuracy(c.apply(sims) if c else sims, y, emb.logit_scale)
+                rows.append({"set": s, "n": len(y), "classes": len(labels), "method": method, "fit_on": setting,
+                             "top1": round(t1, 4), "top5": round(t5, 4), "max_label_share": share,
+                             "nll": round(nll, 3), "ece": round(ece, 3)})
+                if method == "none":
+                    break
+    return rows
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("sets", nargs="+", help="folder-per-class roots")
@@ -74,40 +104,24 @@ def main() -> int:
     a = ap.parse_args()
 
     from imgrag.retrieval.embedders import load_embedder
-    from imgrag.retrieval.queries.classify import class_vectors, load_templates
 
     emb = load_embedder(a.model, device="cpu")
     data = {s: load_set(emb, a.model, s, Path(a.cache), a.depth) for s in a.sets}
-    templates = load_templates(a.templates)
-    rng = np.random.default_rng(0)
-    rows = []
-    for s, (labels, vecs, y) in data.items():
-        w = class_vectors(emb, labels, templates)
-        sims = vecs @ w.T
-        others = np.concatenate([v for t, (_, v, _) in data.items() if t != s]) if len(data) > 1 else None
-        for method in ("none", *cal.METHODS):
-            settings = {"collection": sims,
-                        "sample": sims[rng.choice(len(sims), min(a.sample, len(sims)), replace=False)]}
-            if others is not None:
-                settings["other"] = others @ w.T
-            for setting, ref in settings.items():
-                c = cal.fit(method, ref, emb.logit_scale)
-                t1, t5, share, nll, ece = accuracy(c.apply(sims) if c else sims, y, emb.logit_scale)
-                rows.append({"set": s, "n": len(y), "classes": len(labels), "method": method, "fit_on": setting,
-                             "top1": round(t1, 4), "top5": round(t5, 4), "max_label_share": share,
-                             "nll": round(nll, 3), "ece": round(ece, 3)})
-                if method == "none":
-                    break
+    rows = measure(emb, data, a.templates, a.sample)
     if a.json:
         print(json.dumps(rows, indent=2))
         return 0
+    print_rows(rows)
+    return 0
+
+
+def print_rows(rows: list[dict]) -> None:
     print(f"{'set':<22}{'n':>6}{'C':>4}  {'method':<9}{'fit on':<11}{'top-1':>7}{'top-5':>7}{'max/label':>10}{'NLL':>7}{'ECE':>7}")
     for r in rows:
         print(f"{Path(r['set']).name:<22}{r['n']:>6}{r['classes']:>4}  {r['method']:<9}{r['fit_on']:<11}"
               f"{100 * r['top1']:>6.1f}%{100 * r['top5']:>6.1f}%{r['max_label_share']:>10}"
               f"{r['nll']:>7.2f}{r['ece']:>7.3f}")
     sys.stdout.flush()
-    return 0
 
 
 if __name__ == "__main__":
