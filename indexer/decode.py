@@ -65,12 +65,15 @@ class DecodeDataset:
     def _load(self, entry: FileEntry):
         from imgrag.retrieval.imageio import ImageDecodeError, content_hash, decode_image
 
+        from imgrag.retrieval.paths import to_fs
+
         t0 = time.perf_counter()
+        fs_path = to_fs(entry.path)  # entry.path is the stored form (names that are not UTF-8 are escaped)
         try:
-            with open(entry.path, "rb") as f:
+            with open(fs_path, "rb") as f:
                 st0 = os.fstat(f.fileno())
                 data = f.read()
-            st1 = os.stat(entry.path)
+            st1 = os.stat(fs_path)
         except FileNotFoundError:
             return DecodeResult(entry, error="file disappeared before it could be read"), None
         except PermissionError:

@@ -34,6 +34,7 @@ from imgrag.indexer.sources import supported_extensions
 from imgrag.retrieval.errors import ImgragError
 from imgrag.retrieval.index import Index
 from imgrag.retrieval.layout import PageTransform, crop_fraction_of, pool_views
+from imgrag.retrieval.paths import to_fs
 
 log = logging.getLogger("imgrag.indexer")
 
@@ -60,6 +61,15 @@ class IndexOptions:
     ocr_images: bool = False  # also OCR images (screenshots, scans) so their text is searchable
     ocr_lang: str = "eng"
 
+    def validate(self) -> None:
+        """Refuse bad options before anything is written (the CLI's parser checks them too)."""
+        if not 0 < self.dpi <= 1200:  # NaN fails too
+            raise ImgragError(f"--dpi must be between 1 and 1200, got {self.dpi:g}")
+        for name, low in (("batch_size", 1), ("commit_every", 1), ("page_tiles", 0), ("max_pixels", 1)):
+            if int(getattr(self, name)) < low:
+                raise ImgragError(f"{name} must be at least {low}, got {getattr(self, name)}")
+        if self.ocr_pages not in ("auto", "on", "off"):
+            raise ImgragError(f"ocr_pages must be auto, on or off, got {self.ocr_pages!r}")
 
 
 def build_index(index: Index, roots: Iterable[str | Path], options: IndexOptions | None = None,
@@ -67,14 +77,31 @@ def build_index(index: Index, roots: Iterable[str | Path], options: IndexOptions
     """Bring ``index`` up to date with the images under ``roots``; returns what was done.
 
     Holds the index's writer lock for the whole run (a second writer gets :class:`IndexLockedError`).
+    Options and paths are checked before anything is written. A draft index (``create_or_open(...,
+    rebuild=True)``) is published (:meth:`Index.publish`, under the lock) only when the run completed:
+    an interrupted or failed rebuild leaves the old index as it was, and its draft to resume.
     """
     opts = options or IndexOptions()
+    opts.validate()
     roots_n = normalize_roots(roots)
-    for r in roots_n:
-        if not os.path.exists(r):
-            raise ImgragError(f"path not found: {r}")
+    check_roots(roots_n)
     with writer_lock(index.root):  # flock locally, a lease object on s3:// etc.
-        return _run(index, roots_n, opts, progress)
+        for line in index.collect_garbage():  # older generations, drafts of other rebuilds
+            log.warning(line)
+        rep = _run(index, roots_n, opts, progress)
+        if index.draft and not rep.interrupted:
+            index.publish()
+        return rep
+
+
+def check_roots(roots: list[str]) -> None:
+    """Every root exists and can be read (a rebuild from an unreadable folder would publish an empty index)."""
+    for r in roots:
+        f = to_fs(r)
+        if not os.path.exists(f):
+            raise ImgragError(f"path not found: {r}")
+        if not os.access(f, os.R_OK | (os.X_OK if os.path.isdir(f) else 0)):
+            raise ImgragError(f"cannot read {r} (permission denied); fix its permissions or leave it out")
 
 
 def _run(index: Index, roots: list[str], opts: IndexOptions, progress) -> IndexReport:

@@ -1,4 +1,9 @@
-"""Stage 1: find candidate files under the given roots (no file contents are read here)."""
+"""Stage 1: find candidate files under the given roots (no file contents are read here).
+
+Paths leave this module in the stored form of :mod:`imgrag.retrieval.paths` (identity for valid UTF-8;
+an undecodable byte of a name is kept losslessly as ``NUL hh``), so names that are not valid UTF-8 are
+indexed like any other; whoever opens a listed file goes back with ``paths.to_fs``.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from imgrag.retrieval.paths import to_fs, to_stored
+
 
 @dataclass(frozen=True)
 class FileEntry:
-    """A file to consider: absolute path (symlinks not resolved), size in bytes, mtime in ns."""
+    """A file to consider: absolute path in stored form (symlinks not resolved), size in bytes, mtime in ns."""
 
     path: str
     size: int
@@ -21,7 +28,7 @@ class FileEntry:
 
 @dataclass(frozen=True)
 class Skip:
-    """A file that was not indexed and why (listed by ``imgrag info --errors``)."""
+    """A file that was not indexed and why (listed by ``imgrag info --errors``); ``path`` in stored form."""
 
     path: str
     reason: str
@@ -32,25 +39,17 @@ class Skip:
         return {"path": self.path, "reason": self.reason, "size": self.size, "mtime_ns": self.mtime_ns}
 
 
-def _is_utf8(path: str) -> bool:
-    try:
-        path.encode("utf-8")
-        return True
-    except UnicodeEncodeError:
-        return False
-
-
 def scan(roots: Iterable[str | Path], extensions: frozenset[str], exclude: Iterable[str | Path] = (),
          include_hidden: bool = False) -> Iterator[FileEntry | Skip]:
     """Walk ``roots`` recursively, yielding a :class:`FileEntry` per file with a known extension, or a
-    :class:`Skip` for a file that matches but cannot be used (broken symlink, loop, no permission,
-    non-UTF-8 name). Directory symlinks are not followed (no loops, no escaping the collection); file
+    :class:`Skip` for a file that matches but cannot be used (broken symlink, loop, no permission).
+    ``roots`` may be in file-system or stored form; what is yielded is in stored form. Directory symlinks are not followed (no loops, no escaping the collection); file
     symlinks are. Hidden folders (``.name``) are skipped unless ``include_hidden``.
     """
-    excluded = {os.path.abspath(p) for p in exclude}
+    excluded = {os.path.abspath(to_fs(os.fspath(p))) for p in exclude}
     seen_dirs: set[tuple[int, int]] = set()
     for root in roots:
-        root = os.path.abspath(os.fspath(root))
+        root = os.path.abspath(to_fs(os.fspath(root)))
         if os.path.isfile(root):
             yield from _entry(root, extensions, explicit=True)
             continue
@@ -68,10 +67,10 @@ def scan(roots: Iterable[str | Path], extensions: frozenset[str], exclude: Itera
                 with os.scandir(d) as it:
                     entries = sorted(it, key=lambda e: e.name)
             except PermissionError:
-                yield Skip(d, "folder not readable (permission denied)")
+                yield Skip(to_stored(d), "folder not readable (permission denied)")
                 continue
             except OSError as e:
-                yield Skip(d, f"folder not readable ({e.strerror or e})")
+                yield Skip(to_stored(d), f"folder not readable ({e.strerror or e})")
                 continue
             subdirs = []
             for e in entries:
@@ -94,20 +93,17 @@ def scan(roots: Iterable[str | Path], extensions: frozenset[str], exclude: Itera
             stack.extend(reversed(subdirs))
 
 
-def _entry(path: str, extensions: frozenset[str], explicit: bool = False) -> Iterator[FileEntry | Skip]:
+def _entry(fs_path: str, extensions: frozenset[str], explicit: bool = False) -> Iterator[FileEntry | Skip]:
+    path = to_stored(fs_path)
     ext = os.path.splitext(path)[1].lower()
     if ext not in extensions:
         if explicit:
             yield Skip(path, f"unsupported file type {ext or '(no extension)'}")
         return
-    if not _is_utf8(path):
-        yield Skip(os.fsencode(path).decode("utf-8", "backslashreplace"),
-                   "file name is not valid UTF-8; rename the file to index it")
-        return
     try:
-        st = os.stat(path)
+        st = os.stat(fs_path)
     except FileNotFoundError:
-        if os.path.islink(path):
+        if os.path.islink(fs_path):
             yield Skip(path, "broken symlink (target does not exist)")
         else:
             yield Skip(path, "file disappeared before it could be read")
@@ -129,7 +125,8 @@ def _entry(path: str, extensions: frozenset[str], explicit: bool = False) -> Ite
 
 
 def is_under(path: str, roots: Iterable[str]) -> bool:
-    """True when ``path`` is one of ``roots`` or inside one of them."""
+    """True when ``path`` is one of ``roots`` or inside one of them (both in stored form: it keeps ``/``
+    and escapes byte by byte, so a folder's stored form is a prefix of its files')."""
     for r in roots:
         if path == r or path.startswith(r.rstrip(os.sep) + os.sep):
             return True
@@ -137,4 +134,5 @@ def is_under(path: str, roots: Iterable[str]) -> bool:
 
 
 def normalize_roots(roots: Iterable[str | Path]) -> list[str]:
-    return [os.path.abspath(os.fspath(Path(r).expanduser())) for r in roots]
+    """Absolute roots in stored form (``roots`` in file-system or stored form; check them with ``to_fs``)."""
+    return [to_stored(os.path.abspath(os.path.expanduser(to_fs(os.fspath(r))))) for r in roots]

@@ -10,6 +10,7 @@ from typing import Iterator, Sequence
 from imgrag.indexer.scan import FileEntry, Skip, normalize_roots, scan
 from imgrag.retrieval.errors import ImgragError
 from imgrag.retrieval.location import filesystem_for, is_uri
+from imgrag.retrieval.paths import to_fs
 
 
 def supported_extensions() -> frozenset[str]:
@@ -32,7 +33,7 @@ def list_sources(sources: Sequence[str | Path], exts: frozenset[str], exclude: S
     The entries are a generator (a 100M-file listing is never held as Python objects)."""
     local = normalize_roots([s for s in sources if not is_uri(s)])
     for r in local:
-        if not os.path.exists(r):
+        if not os.path.exists(to_fs(r)):
             raise ImgragError(f"path not found: {r}")
     uris = [str(s).rstrip("/") for s in sources if is_uri(s)]
     return local + uris, _iter_sources(local, uris, exts, exclude, include_hidden)

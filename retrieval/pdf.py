@@ -17,6 +17,8 @@ import re
 import threading
 from typing import TYPE_CHECKING, Any
 
+from imgrag.retrieval.paths import to_fs
+
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
 
@@ -68,7 +70,7 @@ def open_pdf(path: str, password: str | None = None):
     """Open a PDF without reading all of it into memory; raises :class:`PdfError` with a reason."""
     pdfium = _pdfium()
     try:
-        doc = pdfium.PdfDocument(path, password=password)
+        doc = _open_path(pdfium, to_fs(path), password)
     except pdfium.PdfiumError as e:
         msg = str(e)
         if "password" in msg.lower():
@@ -84,12 +86,26 @@ def open_pdf(path: str, password: str | None = None):
     return doc
 
 
+def _open_path(pdfium, fs_path: str, password: str | None):
+    try:
+        fs_path.encode("utf-8")
+    except UnicodeEncodeError:  # pdfium takes a UTF-8 file name: a name that is not gets the open file
+        f = open(fs_path, "rb")  # noqa: SIM115 - closed by the document (autoclose), or here
+        try:
+            return pdfium.PdfDocument(f, password=password, autoclose=True)
+        except BaseException:
+            f.close()
+            raise
+    return pdfium.PdfDocument(fs_path, password=password)
+
+
 def file_hash(path: str) -> tuple[str, int, int]:
     """(blake2b-128 hex of the file's bytes, size, mtime_ns) read in bounded chunks.
 
     Same digest as :func:`imgrag.retrieval.imageio.content_hash` over the whole file.
     """
     h = hashlib.blake2b(digest_size=16)
+    path = to_fs(path)
     with open(path, "rb") as f:
         st0 = os.fstat(f.fileno())
         while True:
@@ -218,7 +234,7 @@ class DocCache:
         key = (path, size, mtime_ns)
         if self._key != key:
             self.close()
-            st = os.stat(path)
+            st = os.stat(to_fs(path))
             if (st.st_size, st.st_mtime_ns) != (size, mtime_ns):
                 raise PdfError("file changed while being indexed (will be retried next run)")
             self._doc = open_pdf(path)

@@ -28,6 +28,7 @@ from PIL import Image
 from imgrag.indexer import pipeline as pipeline_mod
 from imgrag.indexer.pipeline import IndexOptions, build_index
 from imgrag.retrieval.index import Index
+from imgrag.retrieval.paths import to_fs
 
 from reliability import LayoutEmbedder, all_rows, tiny_collection
 
@@ -309,10 +310,16 @@ def c_fifo_named_jpg(d: Path):
 
 
 def c_non_utf8_name(d: Path):
-    name = b"caf\xe9-latin1.png"
-    with open(os.path.join(os.fsencode(d), name), "wb") as f:
-        f.write(png(quadrants()))
-    return [Skipped("caf\\xe9-latin1.png", "file name is not valid UTF-8; rename the file to index it")]
+    # names that are not UTF-8 are indexed under their stored form (imgrag.retrieval.paths: an
+    # undecodable byte is NUL + two hex digits), in a folder whose own name is not UTF-8 too
+    img, img2 = quadrants(), quadrants(32, 32)
+    base = os.fsencode(d)
+    with open(os.path.join(base, b"caf\xe9-latin1.png"), "wb") as f:
+        f.write(png(img))
+    os.mkdir(os.path.join(base, b"d\xe9j\xe0"))
+    with open(os.path.join(base, b"d\xe9j\xe0", b"\xff\xfe.png"), "wb") as f:
+        f.write(png(img2))
+    return [Stored("caf\x00e9-latin1.png", 64, 48, img), Stored("d\x00e9j\x00e0/\x00ff\x00fe.png", 32, 32, img2)]
 
 
 def c_long_name(d: Path):
@@ -430,7 +437,7 @@ def check(coll: Path, goods, expectations, emb: LayoutEmbedder, idx: Index, rep)
             r = rows.get(path)
             assert r is not None, f"{e.name} not indexed"
             assert (r["width"], r["height"]) == (e.width, e.height)
-            st = os.stat(path)
+            st = os.stat(to_fs(path))  # the stored form of a name that is not UTF-8 holds NUL
             assert (r["size"], r["mtime_ns"]) == (st.st_size, st.st_mtime_ns)
             want = emb.vector_of(e.upright)
             got = np.asarray(r["vector"], np.float32)

@@ -1,7 +1,9 @@
 """What the ``imgrag`` commands print: JSON on stdout for ``--json``, otherwise plain lines for a terminal.
 
 File names and model text are untrusted: they are printed with control characters escaped (:func:`safe`),
-so nothing reaches the terminal as an escape sequence.
+so nothing reaches the terminal as an escape sequence. Paths are shown in the display form of
+:mod:`imgrag.retrieval.paths` (a name byte that is not UTF-8 as ``\\xe9``, a backslash as ``\\\\``), as text
+and in ``--json`` (every ``"path"`` value and the ``"roots"``); ``"id"`` stays the stored key.
 """
 
 from __future__ import annotations
@@ -11,9 +13,22 @@ import os
 import sys
 from typing import Any
 
+from imgrag.retrieval.paths import display
+
 
 def print_json(obj: Any) -> None:
-    print(json.dumps(obj, indent=2, default=str, ensure_ascii=False))
+    print(json.dumps(_shown(obj), indent=2, default=str, ensure_ascii=False))
+
+
+def _shown(obj: Any, key: str | None = None) -> Any:
+    """``obj`` with every path (a ``"path"`` value, the ``"roots"``) in display form."""
+    if isinstance(obj, dict):
+        return {k: _shown(v, k) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_shown(v, key) for v in obj]
+    if key in ("path", "roots") and isinstance(obj, str):
+        return display(obj)
+    return obj
 
 
 def safe(s: str) -> str:
@@ -78,7 +93,7 @@ def print_hits(hits) -> None:
         date = h.row.get("taken_at")
         extra = f"  {date:%Y-%m-%d}" if date else ""
         page = f" (page {h.row['page']})" if h.row.get("page") else ""
-        print(f"{rank:>3}  {h.score:.4f}  {safe(h.path)}{page}{extra}")
+        print(f"{rank:>3}  {h.score:.4f}  {display(h.path)}{page}{extra}")
         if h.row.get("snippet"):
             from imgrag.retrieval.textsearch import highlight
 
@@ -95,7 +110,7 @@ def print_classified(rows: list[dict], limit: int, wrote: bool) -> None:
         counts[str(r["label"])] = counts.get(str(r["label"]), 0) + 1
     for r in rows[:limit]:
         top = ", ".join(f"{lab} {p:.2f}" for lab, p in r["top"])
-        print(f"{(r['label'] or '(none)'):<20} {r['score']:.3f}  {safe(r['path'])}   [{top}]")
+        print(f"{(r['label'] or '(none)'):<20} {r['score']:.3f}  {display(r['path'])}   [{top}]")
     if len(rows) > limit:
         print(f"... {len(rows) - limit} more (use --json for all)")
     if len(rows) > 1:
@@ -108,7 +123,7 @@ def print_skipped(sk: list[dict]) -> None:
     if not sk:
         print("no skipped files")
     for r in sk:
-        print(f"{safe(r['path'])}: {r['reason']}")
+        print(f"{display(r['path'])}: {r['reason']}")
 
 
 def print_info(info: dict) -> None:
@@ -139,4 +154,4 @@ def print_answer(stream) -> None:
 def _print_sources(sources) -> None:
     for c in sources:
         page = f" page {c.page}" if c.page is not None else ""
-        print(f"  [{c.n}] {c.score:.3f}  {safe(c.path)}{page}")
+        print(f"  [{c.n}] {c.score:.3f}  {display(c.path)}{page}")

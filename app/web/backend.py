@@ -27,6 +27,7 @@ from imgrag.app.web.files import (DEFAULT_MAX_UPLOAD_BYTES, DEFAULT_MAX_UPLOAD_P
 from imgrag.app.web.jobs import JobRunner, JobStatus
 from imgrag.app.web.thumbs import ThumbCache, default_thumb_dir
 from imgrag.retrieval.errors import BadQueryError, ImgragError, IndexNotFoundError
+from imgrag.retrieval.paths import display, is_stored_form
 
 if TYPE_CHECKING:  # pragma: no cover
     from imgrag.retrieval.index import Index
@@ -74,9 +75,9 @@ class ResultItem:
 
 
 def display_name(path: str) -> str:
-    """File name for display; control characters shown as ``\\xNN`` (file names are untrusted)."""
-    name = os.path.basename(path) or path
-    return "".join(ch if ch.isprintable() else f"\\x{ord(ch):02x}" for ch in name)
+    """File name for display (file names are untrusted): :func:`imgrag.retrieval.paths.display` — control
+    characters as ``\\xNN``, a byte that is not UTF-8 as ``\\xe9``, a backslash as ``\\\\``."""
+    return display(os.path.basename(path) or path)
 
 
 def parse_date(s: str | None, what: str) -> datetime | None:
@@ -167,7 +168,8 @@ class Backend:
     # -- rows ------------------------------------------------------------------------------------
     def row(self, item_id: str, columns: Sequence[str] = _ROW_COLUMNS) -> dict[str, Any]:
         """The stored row of an indexed item; :class:`NotServable` if ``item_id`` is not an id."""
-        if not isinstance(item_id, str) or not item_id or len(item_id) > 8192 or "\x00" in item_id:
+        # NUL only as the escape of a file name byte that is not UTF-8 (imgrag.retrieval.paths)
+        if not isinstance(item_id, str) or not item_id or len(item_id) > 8192 or not is_stored_form(item_id):
             raise NotServable("not an indexed item")
         t = self.index().store.get([item_id], columns=list(columns))
         rows = [r for r in t.to_pylist() if r.get("id") == item_id]
@@ -182,7 +184,7 @@ class Backend:
         mime = image_mime(data)
         if mime is None:
             raise NotServable("not an image")
-        return data, mime, os.path.basename(row["path"])
+        return data, mime, display_name(row["path"])
 
     def thumbnail(self, item_id: str) -> Path:
         """Thumbnail of an indexed item; :class:`NotServable` if it is not one or no longer readable."""

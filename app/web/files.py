@@ -18,6 +18,7 @@ import stat
 from typing import TYPE_CHECKING, Any
 
 from imgrag.retrieval.errors import BadQueryError, ImgragError
+from imgrag.retrieval.paths import to_fs
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
@@ -46,7 +47,7 @@ def read_indexed(row: dict[str, Any], max_bytes: int | None = None) -> bytes:
     if not path or not expected:
         raise NotServable("item has no recorded content hash; re-index it")
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+        fd = os.open(to_fs(path), os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     except OSError as e:
         raise NotServable(f"file is no longer readable ({e.strerror or e}); re-index to update") from e
     try:

@@ -13,6 +13,7 @@ from urllib.parse import quote
 
 from imgrag.app.web.jobs import format_eta
 from imgrag.retrieval.errors import ImgragError
+from imgrag.retrieval.paths import display
 
 if TYPE_CHECKING:  # pragma: no cover
     from imgrag.app.web.backend import ResultItem
@@ -103,7 +104,7 @@ def detail_html(it: dict[str, Any] | None) -> str:
     """Details of a selected result (every value escaped: file names are untrusted)."""
     if not it:
         return "<div class='imgrag-detail'>Select a result to see its details.</div>"
-    rows = [("file", it["name"]), ("folder", os.path.dirname(it["path"])), ("score", f"{it['score']:.4f}")]
+    rows = [("file", it["name"]), ("folder", display(os.path.dirname(it["path"]))), ("score", f"{it['score']:.4f}")]
     if it.get("taken_at"):
         rows.append(("taken", str(it["taken_at"])[:19].replace("T", " ")))
     if it.get("width"):
@@ -148,7 +149,7 @@ def skipped_html(rows: list[dict[str, Any]], total: int | None = None) -> str:
     if not rows:
         return "<div>No skipped files.</div>"
     head = f"<div>{total if total is not None else len(rows)} file(s) could not be indexed:</div>"
-    body = "".join(f"<tr><td><code>{esc(r.get('path'))}</code></td><td>{esc(r.get('reason'))}</td></tr>" for r in rows)
+    body = "".join(f"<tr><td><code>{esc(display(str(r.get('path'))))}</code></td><td>{esc(r.get('reason'))}</td></tr>" for r in rows)
     return head + f"<table class='imgrag-table'><tr><th>file</th><th>reason</th></tr>{body}</table>"
 
 

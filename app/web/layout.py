@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from imgrag.app.web.backend import Backend
+from imgrag.app.web.backend import Backend, display_name
 from imgrag.app.web.files import NotServable
 from imgrag.app.web.html import (classify_table_html, detail_html, error_text, esc, gallery_value, generator_html,
                                  info_html, job_html, matches_html, notes_html, skipped_html, status_html)
@@ -293,7 +293,7 @@ def _cited_gallery(backend: Backend, res) -> list[tuple[str, str]]:
             th = str(backend.thumbnail(c.id))
         except NotServable:
             th = str(backend.thumbs.placeholder())
-        cites.append((th, f"[{c.n}] {os.path.basename(c.path)} · {c.score:.3f}"))
+        cites.append((th, f"[{c.n}] {display_name(c.path)} · {c.score:.3f}"))
     return cites
 
 

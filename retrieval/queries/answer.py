@@ -22,6 +22,7 @@ from imgrag.retrieval.embedders import model_defaults
 from imgrag.retrieval.errors import BadQueryError
 from imgrag.retrieval.generators.base import EvidenceItem, Generator
 from imgrag.retrieval.generators.prompt import parse_citations, says_not_shown
+from imgrag.retrieval.paths import display, to_fs
 from imgrag.retrieval.stores.base import Filters, Hit
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -329,8 +330,8 @@ def rerank_order(question: str, hits: list[Hit], facts: list[dict[str, str]]) ->
 def _facts(index: "Index", h: Hit, question: str = "") -> dict[str, str]:
     """Text evidence about a hit (all of it untrusted data from the file)."""
     row = h.row
-    f: dict[str, str] = {"file": os.path.basename(h.path)}
-    parent = os.path.basename(os.path.dirname(h.path))
+    f: dict[str, str] = {"file": display(os.path.basename(h.path))}
+    parent = display(os.path.basename(os.path.dirname(h.path)))
     if parent:
         f["folder"] = parent
     if row.get("page") is not None:
@@ -372,7 +373,7 @@ def exif_text(path: str, limit: int = 400) -> str | None:
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with Image.open(path) as img:
+            with Image.open(to_fs(path)) as img:
                 exif = img.getexif()
                 vals = [exif.get(t) for t in (0x010E, 0x9C9C, 0x9C9F)]
                 vals.append(exif.get_ifd(0x8769).get(0x9286))
@@ -418,7 +419,7 @@ def _load_image(h: Hit, size: int | None) -> "Image.Image | None":
     from imgrag.retrieval.imageio import ImageDecodeError, decode_image
 
     try:
-        with open(h.path, "rb") as fh:
+        with open(to_fs(h.path), "rb") as fh:
             data = fh.read()
     except OSError:
         return None

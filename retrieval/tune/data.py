@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 from imgrag.retrieval.errors import ImgragError
+from imgrag.retrieval.paths import to_fs, to_stored
 
 if TYPE_CHECKING:  # pragma: no cover
     from imgrag.retrieval.index import Index
@@ -71,7 +72,7 @@ def image_vectors(index: "Index", paths: Sequence[str], batch_size: int = 64) ->
     Returns (vectors of the usable files, their positions in ``paths``, how many were embedded). Files
     that do not decode are left out.
     """
-    ids = [os.path.abspath(p) for p in paths]
+    ids = [to_stored(os.path.abspath(p)) for p in paths]
     stored: dict[str, np.ndarray] = {}
     for i in range(0, len(ids), 4096):
         t = index.store.get(ids[i : i + 4096], columns=["id", "vector"])
@@ -98,7 +99,7 @@ def _decode(path: str, draft: int):
     from imgrag.retrieval.imageio import ImageDecodeError, decode_image
 
     try:
-        return decode_image(Path(path).read_bytes(), draft_size=draft).image
+        return decode_image(Path(to_fs(path)).read_bytes(), draft_size=draft).image
     except (ImageDecodeError, OSError) as e:
         return e
 
@@ -133,7 +134,7 @@ def from_folders(index: "Index", root: str | Path, depth: int = 1, templates: Se
         raise NotEnoughSupervisionError(f"--folders: {e}") from e
     vecs, keep, embedded = image_vectors(index, paths, batch_size)
     labels = [class_words(classes[targets[j]]) for j in keep]
-    ids = [os.path.abspath(paths[j]) for j in keep]
+    ids = [to_stored(os.path.abspath(paths[j])) for j in keep]
     return _classes(index, f"folders {root}", ids, vecs, labels, embedded, templates)
 
 
@@ -182,7 +183,7 @@ def from_captions(index: "Index", tsv: str | Path, images_root: str | Path | Non
     pairs = [(p, c) for p, c in caps if p in key]
     texts = [c for _, c in pairs]
     tv = index.embedder.embed_texts(texts)
-    ids = [os.path.abspath(resolved[r]) for r in ok]
+    ids = [to_stored(os.path.abspath(resolved[r])) for r in ok]
     return Supervision(f"captions {tsv}", "captions", ids, vecs, np.arange(len(ok)), texts,
                        np.asarray(tv, np.float32), np.array([key[p] for p, _ in pairs]), ok, embedded)
 
