@@ -27,6 +27,7 @@ import re
 _ESC = "\0"
 _STORED_ESC = re.compile("\0([89a-f][0-9a-f])")  # only bytes >= 0x80 can be undecodable
 _SURROGATES = re.compile("[\udc80-\udcff]")
+_ANY_SURROGATE = re.compile("[\ud800-\udfff]")
 _DISPLAY_ESC = re.compile(r"\\(\\|x[0-9a-f]{2}|u[0-9a-f]{4}|U[0-9a-f]{8})")
 
 
@@ -82,7 +83,7 @@ def is_escaped(stored: str) -> bool:
 def is_stored_form(s: str) -> bool:
     """True when ``s`` is text :func:`to_stored` can make (a path, or an id with a ``#page=`` suffix): no
     surrogates, and NUL only as a canonical escape. Use it to refuse forged ids before a lookup."""
-    if _SURROGATES.search(s):
+    if _ANY_SURROGATE.search(s):
         return False
     if _ESC not in s:
         return True
@@ -97,7 +98,10 @@ def display(stored: str) -> str:
     """Printable, unambiguous form of a stored path (or a stored id such as ``"<path>#page=2"``)."""
     s = str(stored)
     if _SURROGATES.search(s):  # a file-system form
-        s = to_stored(s)
+        try:
+            s = to_stored(s)
+        except ValueError:  # other lone surrogates too: not a path, shown as \udxxx escapes
+            pass
     if s.isascii() and s.isprintable() and "\\" not in s:
         return s
     out = []

@@ -19,6 +19,7 @@ import numpy as np
 
 from imgrag.retrieval.embedders.base import l2_normalize
 from imgrag.retrieval.errors import BadQueryError
+from imgrag.retrieval.paths import display, to_fs, to_stored
 from imgrag.retrieval.stores.base import Filters, Hit
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -99,13 +100,13 @@ def load_query_image(path: str) -> "Image.Image":
     from imgrag.retrieval.imageio import ImageDecodeError, decode_image
 
     try:
-        data = Path(path).read_bytes()
+        data = Path(to_fs(path)).read_bytes()
     except OSError as e:
-        raise BadQueryError(f"cannot read query image {path}: {e.strerror or e}") from e
+        raise BadQueryError(f"cannot read query image {display(path)}: {e.strerror or e}") from e
     try:
         return decode_image(data, draft_size=None).image
     except ImageDecodeError as e:
-        raise BadQueryError(f"query image {path}: {e}") from e
+        raise BadQueryError(f"query image {display(path)}: {e}") from e
 
 
 def query_vector(index: "Index", terms: Sequence[Term], use_adapter: bool = True) -> tuple[np.ndarray, list[str]]:
@@ -131,10 +132,14 @@ def query_vector(index: "Index", terms: Sequence[Term], use_adapter: bool = True
         if t.kind != "image":
             continue
         if isinstance(t.value, str):
-            stored = index.store.get([t.value], columns=["id", "vector"])
+            try:  # a file-system path (argv) or an id: the store keys names that are not UTF-8 escaped
+                key = to_stored(t.value)
+            except ValueError:
+                raise BadQueryError(f"not a usable file name: {display(t.value)}") from None
+            stored = index.store.get([key], columns=["id", "vector"])
             if stored.num_rows:
                 v = np.asarray(stored["vector"][0].as_py(), dtype=np.float32)
-                exclude.append(t.value)
+                exclude.append(key)
             else:
                 v = emb.embed_images([load_query_image(t.value)])[0]
         else:
