@@ -206,3 +206,116 @@ def test_a_root_whose_own_name_is_not_utf8(tmp_path):
     assert rep.embedded == 1 and rep.roots == [to_stored(top)]
     os.unlink(os.path.join(top, LATIN1))
     assert build_index(idx, [os.fsdecode(top)], OPTS).deleted == 1 and idx.store.count() == 0
+
+
+# ------------------------------------------------------------------------------------------------
+# the CLI: text and --json show the display form; the id stays the stored key
+# ------------------------------------------------------------------------------------------------
+def test_cli_text_and_json_show_the_escape(tmp_path, tiny_model_configs, capsys):
+    from imgrag.app.cli import main
+
+    coll = tmp_path / "coll"
+    ids = _make_collection(coll)
+    broken = os.path.join(os.fsencode(coll), b"broken-\xe9.jpg")
+    with open(broken, "wb") as f:
+        f.write(b"not an image")
+    idx = str(tmp_path / "idx")
+
+    def run(*argv: str) -> str:
+        rc = main(list(argv))
+        out = capsys.readouterr()
+        assert rc == 0, out.err
+        assert "\x00" not in out.out and "\ufffd" not in out.out
+        return out.out
+
+    rep = json.loads(run("index", str(coll), "--index", idx, "--model", "imgrag-tiny-clip", "--workers", "0",
+                         "--json"))
+    assert rep["embedded"] == len(NAMES) and rep["skipped"] == 1
+    hits = json.loads(run("search", "a photo", "-k", "10", "--index", idx, "--json"))
+    assert sorted(h["id"] for h in hits) == sorted(ids.values())
+    assert sorted(h["path"] for h in hits) == sorted(display(i) for i in ids.values())
+    by_id = {h["id"]: h["path"] for h in hits}
+    assert by_id[ids[LATIN1]] == f"{coll}/caf\\xe9-\\xe9t\\xe9.png"
+    assert by_id[ids["naïve-ok.png".encode()]] == f"{coll}/naïve-ok.png"
+    assert by_id[ids[b"back\\x41slash.png"]] == f"{coll}/back\\\\x41slash.png"
+    text = run("search", "a photo", "-k", "10", "--index", idx)
+    for i in ids.values():
+        assert display(i) in text
+    errs = json.loads(run("info", "--errors", "--index", idx, "--json"))
+    assert [e["path"] for e in errs] == [f"{coll}/broken-\\xe9.jpg"]
+    assert f"{coll}/broken-\\xe9.jpg: " in run("info", "--errors", "--index", idx)
+    # a query image named as argv gives it (surrogateescape) is found in the index and left out of the results
+    hits = json.loads(run("search", "--image", os.fsdecode(to_bytes(ids[SJIS])), "-k", "10", "--index", idx,
+                          "--json"))
+    assert ids[SJIS] not in {h["id"] for h in hits} and len(hits) == len(NAMES) - 1
+
+
+# ------------------------------------------------------------------------------------------------
+# the web UI: gallery captions, details, /imgrag/image and /imgrag/thumb
+# ------------------------------------------------------------------------------------------------
+@pytest.fixture
+def ui(tmp_path):
+    from starlette.testclient import TestClient
+
+    from imgrag.app.web.backend import Backend, UIConfig
+    from imgrag.app.web.server import create_app
+
+    coll = tmp_path / "coll"
+    ids = _make_collection(coll)
+    idx = Index.create_or_open(tmp_path / "idx", FakeEmbedder())
+    build_index(idx, [coll], OPTS)
+    backend = Backend(UIConfig(index_root=idx.root, thumb_dir=tmp_path / "thumbs", index_workers=0), index=idx)
+    with TestClient(create_app(backend)) as client:
+        yield backend, client, ids, coll
+
+
+def test_ui_shows_and_serves_names_that_are_not_utf8(ui):
+    from imgrag.app.web.html import detail_html, gallery_value
+
+    backend, client, ids, coll = ui
+    for colour, name in (("red", LATIN1), ("green", SJIS), ("blue", INVALID)):
+        items = backend.search_text(colour, k=1)
+        it = items[0]
+        assert it.id == ids[name] and it.name == display(to_stored(name))
+        ((thumb, caption),) = gallery_value(items)
+        assert it.name in caption and "\x00" not in caption
+        assert Path(thumb) != backend.thumbs.placeholder()  # rendered from the file, not "unavailable"
+        with Image.open(thumb) as im:  # the thumbnail shows this very image
+            assert np.abs(np.asarray(im.convert("RGB"), float).mean((0, 1)) - NAMES[name]).max() < 8
+        html = detail_html(it.to_dict())
+        assert "\x00" not in html and html.count(it.name) == 1  # NUL never reaches the HTML
+        link = f"/imgrag/image?id={quote(ids[name], safe='')}"
+        assert link in html.replace("&amp;", "&")
+        r = client.get(link)
+        assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+        assert r.content == open(to_fs(ids[name]), "rb").read()
+        assert quote(display(os.path.basename(ids[name])), safe="") in r.headers["content-disposition"]
+        r = client.get(f"/imgrag/thumb?id={quote(ids[name], safe='')}")
+        assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
+    # the details page of the Latin-1 file names it with the escape
+    it = backend.search_text("red", k=1)[0]
+    assert "caf\\xe9-\\xe9t\\xe9.png" in detail_html(it.to_dict())
+
+
+def test_ui_refuses_forged_ids(ui):
+    backend, client, ids, coll = ui
+    base = os.fsencode(coll)
+    forged = [
+        to_stored(os.path.join(base, b"caf\xe8-\xe9t\xe9.png")),  # another byte: not indexed
+        to_stored(os.path.join(base, LATIN1)).replace("\x00e9", "\x00E9"),  # not canonical (upper-case hex)
+        str(coll / "caf\x00c3\x00a9.png"),  # escaped bytes that are UTF-8: never a stored form
+        display(ids[LATIN1]),  # the display form is not a key
+        str(coll / "caf\x00"),  # a bare NUL
+        ids[LATIN1] + "\x00",
+        ids[LATIN1][: ids[LATIN1].index("\x00")],  # truncated at the escape (as C code would read it)
+        "/etc/passwd",
+    ]
+    for bad in forged:
+        for route in ("image", "thumb"):
+            r = client.get(f"/imgrag/{route}?id={quote(bad, safe='')}")
+            assert r.status_code == 404, (route, bad, r.status_code)
+    # a lone surrogate cannot even be written as UTF-8 in a URL; percent-encoded raw bytes decode to U+FFFD
+    r = client.get("/imgrag/image?id=" + quote(str(coll), safe="") + "%2Fcaf%E9-%E9t%E9.png")
+    assert r.status_code == 404
+    # the indexed file itself is served while it is unchanged
+    assert client.get(f"/imgrag/image?id={quote(ids[LATIN1], safe='')}").status_code == 200
