@@ -10,7 +10,9 @@ For every folder-per-class set and every method it reports top-1/top-5 in three 
 * ``collection`` — the calibration is fitted on the set being classified (whole-index classify, eval);
 * ``sample``     — fitted on a random sample of --sample images of the set (single image against a sample
   of its index);
-* ``other``      — fitted on the *other* sets (single image against an unrelated reference set).
+* ``other``      — fitted on the *other* sets (single image against an unrelated reference set);
+* ``bundled``    — fitted on the 48 bundled reference images (retrieval/reference/: what a single image gets
+  when the index is too small).
 
 Image vectors are cached in --cache (keyed by model and folder) so reruns only redo the arithmetic.
 """
@@ -67,9 +69,10 @@ def accuracy(sims: np.ndarray, y: np.ndarray, logit_scale: float) -> tuple[float
 def measure(emb, data: dict[str, tuple[list[str], np.ndarray, np.ndarray]], templates: str = "simple",
             sample: int = 256, seed: int = 0) -> list[dict]:
     """One row per set × method × setting; ``data`` maps a set name to (labels, image vectors, targets)."""
-    from imgrag.retrieval.queries.classify import class_vectors, load_templates
+    from imgrag.retrieval.queries.classify import bundled_reference, class_vectors, load_templates
 
     tmpl = load_templates(templates)
+    bundled = bundled_reference(emb)
     rng = np.random.default_rng(seed)
     rows = []
     for s, (labels, vecs, y) in data.items():
@@ -81,6 +84,7 @@ def measure(emb, data: dict[str, tuple[list[str], np.ndarray, np.ndarray]], temp
                         "sample": sims[rng.choice(len(sims), min(sample, len(sims)), replace=False)]}
             if others is not None:
                 settings["other"] = others @ w.T
+            settings["bundled"] = bundled @ w.T
             for setting, ref in settings.items():
                 c = cal.fit(method, ref, emb.logit_scale)
                 t1, t5, share, nll, ece = accuracy(c.apply(sims) if c else sims, y, emb.logit_scale)

@@ -174,7 +174,7 @@ def test_cli_classify_and_eval_calibration(tmp_path, tiny_model_configs, capsys)
 
     from imgrag.app.cli import main
     from imgrag.retrieval.index import Index
-    from imgrag.retrieval.queries.classify import ZeroShotClassifier
+    from imgrag.retrieval.queries.classify import MIN_INDEX_REFERENCE, ZeroShotClassifier, bundled_reference
 
     coll = tmp_path / "coll"
     rng = np.random.default_rng(0)
@@ -206,10 +206,14 @@ def test_cli_classify_and_eval_calibration(tmp_path, tiny_model_configs, capsys)
         got = classify(*extra)
         for p, row in zip(paths, expect):
             assert np.allclose([got[p][lab] for lab in ("red", "green", "blue")], row, atol=1e-5), extra
-    # one image: calibrated against the index (all 15 vectors: fewer than the sample size)
+    # one image: calibrated against the index (all 15 vectors), topped up with the bundled reference
+    # images because 15 < MIN_INDEX_REFERENCE
     one = classify("--image", str(coll / "red" / "0.png"))["0.png"]
     i = paths.index(str(coll / "red" / "0.png"))
-    assert np.allclose([one[lab] for lab in ("red", "green", "blue")], expect_cal[i], atol=1e-4)
+    ref = np.concatenate([vecs, bundled_reference(index.embedder)])
+    assert len(ref) == 15 + 48 < 15 + MIN_INDEX_REFERENCE
+    expect_one = clf.probabilities(vecs[i : i + 1], clf.fit_calibration(ref))[0]
+    assert np.allclose([one[lab] for lab in ("red", "green", "blue")], expect_one, atol=1e-4)
 
     assert main(["eval", "zeroshot", str(coll), "--model", "imgrag-tiny-clip", "--templates", "none", "--json"]) == 0
     r = json.loads(capsys.readouterr().out)["results"][0]
@@ -218,3 +222,20 @@ def test_cli_classify_and_eval_calibration(tmp_path, tiny_model_configs, capsys)
                  "--calibration", "none"]) == 0
     r = json.loads(capsys.readouterr().out)["results"][0]
     assert r["calibration"] == "none" and r["top1"] == r["top1_raw"]
+
+
+def test_bundled_reference_images_are_shipped_and_embedded_once():
+    from fakes import FakeEmbedder
+
+    from imgrag.retrieval.queries.classify import bundled_reference
+
+    emb = FakeEmbedder()
+    ref = bundled_reference(emb)
+    assert ref.shape == (48, emb.dim) and np.allclose(np.linalg.norm(ref, axis=1), 1, atol=1e-5)
+    assert len({r.tobytes() for r in ref}) == 48  # 48 different images
+    assert bundled_reference(emb) is ref and emb.calls > 0
+    calls = emb.calls
+    bundled_reference(emb)
+    assert emb.calls == calls  # cached per model fingerprint
+    credits = (ROOT / "retrieval/reference/CREDITS.md").read_text()
+    assert all(f"`{p.name}`" in credits for p in (ROOT / "retrieval/reference").glob("*.jpg"))

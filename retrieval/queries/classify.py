@@ -35,6 +35,8 @@ TEMPLATE_SETS = ("simple", "openai", "photo", "none")
 DEFAULT_TEMPLATES = "simple"
 #: index vectors sampled as the calibration reference for single images / search results
 REFERENCE_SIZE = 512
+#: below this many index vectors, the bundled reference images (retrieval/reference/) are added
+MIN_INDEX_REFERENCE = 64
 
 
 def load_templates(spec: str | Sequence[str] | None = None) -> list[str]:
@@ -134,10 +136,14 @@ class ZeroShotClassifier:
         return fit(self.calibration, self.similarities(reference_vectors), self.embedder.logit_scale)
 
     def calibration_for(self, index: "Index") -> Calibration | None:
-        """Fitted on a random sample of the index (single images, search results)."""
+        """Fitted on a random sample of the index (single images, search results); an index with
+        fewer than :data:`MIN_INDEX_REFERENCE` vectors is topped up with the bundled reference."""
         if self.calibration == "none":
             return None
-        return self.fit_calibration(reference_vectors(index))
+        ref = reference_vectors(index)
+        if len(ref) < MIN_INDEX_REFERENCE:
+            ref = np.concatenate([ref.reshape(-1, self.weights.shape[1]), bundled_reference(self.embedder)])
+        return self.fit_calibration(ref)
 
     def probabilities(self, vectors: np.ndarray, calibration: Calibration | None = None) -> np.ndarray:
         """(n, d) image vectors → (n, C) probabilities (of the calibrated scores when given)."""
@@ -166,6 +172,29 @@ class ZeroShotClassifier:
 
 _REFERENCE_CACHE: OrderedDict[tuple, np.ndarray] = OrderedDict()
 _REFERENCE_LOCK = threading.Lock()
+
+
+def bundled_reference(embedder: "Embedder") -> np.ndarray:
+    """(48, d): the bundled reference images (public-domain clip art, retrieval/reference/CREDITS.md)
+    embedded with ``embedder``, once per model and process. Measured: calibrating against unrelated
+    images fits as well as against the collection itself (docs/quality.md)."""
+    import json
+
+    from PIL import Image
+
+    key = ("bundled", json.dumps(embedder.fingerprint(), sort_keys=True, default=str))
+    with _REFERENCE_LOCK:
+        if key in _REFERENCE_CACHE:
+            return _REFERENCE_CACHE[key]
+    folder = resources.files("imgrag.retrieval").joinpath("reference")
+    images = []
+    for f in sorted((x for x in folder.iterdir() if x.name.endswith(".jpg")), key=lambda x: x.name):
+        with f.open("rb") as fh:
+            images.append(Image.open(fh).convert("RGB"))
+    out = np.asarray(embedder.embed_images(images), dtype=np.float32)
+    with _REFERENCE_LOCK:
+        _REFERENCE_CACHE[key] = out
+    return out
 
 
 def reference_vectors(index: "Index", n: int = REFERENCE_SIZE, seed: int = 0) -> np.ndarray:
@@ -197,7 +226,7 @@ def reference_vectors(index: "Index", n: int = REFERENCE_SIZE, seed: int = 0) ->
         out = vectors_of(t.column("vector"), store.dim)
     with _REFERENCE_LOCK:
         _REFERENCE_CACHE[key] = out
-        while len(_REFERENCE_CACHE) > 4:
+        while len(_REFERENCE_CACHE) > 6:
             _REFERENCE_CACHE.popitem(last=False)
     return out
 
