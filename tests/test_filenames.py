@@ -319,3 +319,41 @@ def test_ui_refuses_forged_ids(ui):
     assert r.status_code == 404
     # the indexed file itself is served while it is unchanged
     assert client.get(f"/imgrag/image?id={quote(ids[LATIN1], safe='')}").status_code == 200
+
+
+# ------------------------------------------------------------------------------------------------
+# documents: a PDF under a name that is not UTF-8 (page ids "<stored path>#page=<n>")
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("store", ["lancedb", "faiss"])
+def test_pdf_with_a_name_that_is_not_utf8(tmp_path, store):
+    pytest.importorskip("pypdfium2")
+    fpdf = pytest.importorskip("fpdf")
+    from imgrag.app.web.backend import Backend, UIConfig
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    pdf = fpdf.FPDF(format="A4")
+    for text in ("alpha page", "beta page"):
+        pdf.add_page()
+        pdf.set_font("helvetica", size=14)
+        pdf.text(20, 30, text)
+    pdf.output(str(tmp_path / "tmp.pdf"))
+    name = os.path.join(os.fsencode(docs), "résumé.pdf".encode("latin-1"))
+    os.rename(tmp_path / "tmp.pdf", name)
+    sid = to_stored(name)
+    idx = Index.create_or_open(tmp_path / "idx", FakeEmbedder(), store=store)
+    rep = build_index(idx, [docs], OPTS)
+    assert rep.skipped == [] and rep.embedded == 2
+    rows = all_rows(idx)
+    assert sorted(rows) == [f"{sid}#page=1", f"{sid}#page=2"]
+    assert rows[f"{sid}#page=2"]["path"] == sid and rows[f"{sid}#page=2"]["text"] == "beta page"
+    backend = Backend(UIConfig(index_root=idx.root, thumb_dir=tmp_path / "thumbs", index_workers=0), index=idx)
+    assert backend.thumbnail(f"{sid}#page=2") != backend.thumbs.placeholder()
+    # renamed to a Shift-JIS name: both pages reused by (content hash, page); deleted: pruned
+    name2 = os.path.join(os.fsencode(docs), "履歴書.pdf".encode("shift_jis"))
+    os.rename(name, name2)
+    rep = build_index(idx, [docs], OPTS)
+    assert (rep.embedded, rep.reused, rep.deleted) == (0, 2, 2)
+    assert sorted(all_rows(idx)) == [f"{to_stored(name2)}#page=1", f"{to_stored(name2)}#page=2"]
+    os.unlink(name2)
+    assert build_index(idx, [docs], OPTS).deleted == 2 and idx.store.count() == 0
