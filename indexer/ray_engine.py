@@ -122,9 +122,14 @@ def build_index_ray(index: Index, sources: Iterable[str | Path], options: RayOpt
     if not sources:
         raise ImgragError("give at least one folder or object-storage prefix to index")
     with writer_lock(index.root) as guard:
+        for line in index.collect_garbage():  # older generations, drafts of other rebuilds
+            log.warning(line)
         if not ray.is_initialized():
             _init_ray(ray, opts.address)
-        return _run(ray, index, sources, opts, progress, guard)
+        rep = _run(ray, index, sources, opts, progress, guard)
+        if index.draft and not rep.interrupted:  # a rebuild, built beside the old index, is complete: switch
+            index.publish()
+        return rep
 
 
 def _init_ray(ray, address: str | None) -> None:

@@ -88,13 +88,16 @@ def tiny_collection(root: Path, n: int, seed: int = 0, size: int = 12) -> list[P
 # ------------------------------------------------------------------------------------------------
 # indexer subprocess
 # ------------------------------------------------------------------------------------------------
-def run_index(index_dir: str, store: str, coll: str, commit_every: int, batch_size: int, workers: int) -> int:
+def run_index(index_dir: str, store: str, coll: str, commit_every: int, batch_size: int, workers: int,
+              model: str = "fake-rgb", rebuild: bool = False, kill_at: str = "") -> int:
     from imgrag.indexer.pipeline import IndexOptions, build_index
     from imgrag.retrieval.index import Index
 
     if os.environ.get("IMGRAG_TEST_SABOTAGE") == "torn_manifest":
         _sabotage_manifest_writes()
-    idx = Index.create_or_open(index_dir, FakeEmbedder(), store=store)
+    if kill_at:
+        _kill_at(kill_at)
+    idx = Index.create_or_open(index_dir, FakeEmbedder(model), store=store, rebuild=rebuild)
     rep = build_index(idx, [coll], IndexOptions(batch_size=batch_size, workers=workers,
                                                  commit_every=commit_every))
     return rep.total_items
@@ -117,15 +120,74 @@ def _sabotage_manifest_writes() -> None:
     atomic_mod.atomic_write_bytes = torn_write
 
 
-def index_worker_main(argv: list[str]) -> None:
-    """``index INDEX STORE COLL COMMIT_EVERY BATCH WORKERS``: one run, prints ``done N``.
+#: named moments of a rebuild's switch where :func:`_kill_at` SIGKILLs the process itself
+KILL_POINTS = ("before_switch", "switch_temp_written", "after_switch", "mid_delete", "after_delete")
 
-    ``serve``: fork server. Reads lines ``INDEX STORE COLL COMMIT_EVERY BATCH WORKERS`` on stdin,
+
+def _kill_at(point: str) -> None:
+    """SIGKILL this process at ``point`` of the rebuild's switch (deterministic moments the random
+    delays would rarely hit): before the new manifest is written, with its temp file written but not
+    renamed, right after the switch, after the first deletion of the old generation, after the last."""
+    import signal
+
+    import imgrag.retrieval.atomic as atomic_mod
+    import imgrag.retrieval.generations as gen_mod
+    from imgrag.retrieval.index import Index
+
+    die = lambda: os.kill(os.getpid(), signal.SIGKILL)  # noqa: E731
+    real_publish, real_collect, real_remove = Index.publish, gen_mod.collect, gen_mod.remove
+    real_write = atomic_mod.atomic_write_bytes
+    state = {"publishing": False, "removed": 0}
+
+    def publish(self):
+        if not self.draft:
+            return real_publish(self)
+        if point == "before_switch":
+            die()
+        state["publishing"] = True
+        return real_publish(self)
+
+    def write(path, data, durable=True):
+        if state["publishing"] and os.path.basename(path) == "imgrag.json":
+            if point == "switch_temp_written":
+                tmp = atomic_mod.temp_name(path)
+                with open(tmp, "wb") as f:
+                    f.write(data)
+                die()
+            real_write(path, data, durable)
+            if point == "after_switch":
+                die()
+            return
+        real_write(path, data, durable)
+
+    def remove(loc, name):
+        real_remove(loc, name)
+        state["removed"] += 1
+        if state["publishing"] and point == "mid_delete":
+            die()
+
+    def collect(*a, **kw):
+        out = real_collect(*a, **kw)
+        if state["publishing"] and point == "after_delete":
+            die()
+        return out
+
+    Index.publish = publish
+    atomic_mod.atomic_write_bytes = write
+    gen_mod.remove = remove
+    gen_mod.collect = collect
+
+
+def index_worker_main(argv: list[str]) -> None:
+    """``index INDEX STORE COLL COMMIT_EVERY BATCH WORKERS [MODEL [REBUILD [KILL_AT]]]``: one run, prints
+    ``done N`` (REBUILD: 1 for ``--rebuild``; KILL_AT: one of :data:`KILL_POINTS`).
+
+    ``serve``: fork server. Reads lines of the same arguments (from INDEX on) on stdin,
     forks a child that runs the indexer, prints ``pid N`` right after the fork and ``exit PID CODE``
     when the child ends (or is killed: CODE is then ``-SIGNAL``).
     """
     if argv[0] == "index":
-        n = run_index(argv[1], argv[2], argv[3], int(argv[4]), int(argv[5]), int(argv[6]))
+        n = run_index(*_run_args(argv[1:]))
         print(f"done {n}", flush=True)
         return
     assert argv[0] == "serve"
@@ -153,7 +215,7 @@ def index_worker_main(argv: list[str]) -> None:
             code = 0
             try:
                 sys.stdin.close()
-                run_index(a[0], a[1], a[2], int(a[3]), int(a[4]), int(a[5]))
+                run_index(*_run_args(a))
             except BaseException as e:  # noqa: BLE001
                 print(f"child error {type(e).__name__}: {e}", file=sys.stderr, flush=True)
                 code = 1
@@ -164,6 +226,11 @@ def index_worker_main(argv: list[str]) -> None:
         _, status = os.waitpid(pid, 0)
         code = os.waitstatus_to_exitcode(status)
         print(f"exit {pid} {code}", flush=True)
+
+
+def _run_args(a: list[str]) -> tuple:
+    return (a[0], a[1], a[2], int(a[3]), int(a[4]), int(a[5]), a[6] if len(a) > 6 else "fake-rgb",
+            len(a) > 7 and a[7] == "1", a[8] if len(a) > 8 else "")
 
 
 if __name__ == "__main__":

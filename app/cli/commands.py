@@ -51,30 +51,41 @@ def cmd_index(args) -> int:
         raise ImgragError("--ray-address and --ray-actors need --engine ray")
     if args.engine == "ray" and args.ocr:
         raise ImgragError("--ocr needs the local engine (imgrag index without --engine ray)")
+    # validate first, destroy last: every argument, path and the model are checked before the index is touched
     root = args.index or default_index_dir()
-    existing = Manifest.load(root) if Manifest.exists(root) and not args.rebuild else None
-    model = args.model or (existing.model if existing else DEFAULT_MODEL)
-    store = args.store or (existing.store if existing else "lancedb")
-    opts = {}
+    existing = _readable_manifest(Manifest, root) if args.rebuild else (
+        Manifest.load(root) if Manifest.exists(root) else None)
+    model = args.model or (existing.model if existing else DEFAULT_MODEL)  # --rebuild keeps the index's model…
+    store = args.store or (existing.store if existing else "lancedb")  # …and store unless told otherwise
+    if args.engine == "ray" and store != "lancedb":
+        raise ImgragError(f"--engine ray writes LanceDB indexes, not {store}; use the local engine or --store lancedb")
+    opts = dict(existing.store_options) if existing and args.rebuild and store == existing.store else {}
     if args.faiss_factory:
         if store != "faiss":
             raise ImgragError("--faiss-factory needs --store faiss")
         opts["factory"] = args.faiss_factory
-
-    def make_embedder():
-        return load_embedder(model, device=args.device, precision=args.precision, batch_size=args.batch_size)
-
-    # a new index, or a --model to check against the index now (its spelling may differ): build it here;
-    # otherwise the model loads (and is checked against the index) only if a file needs embedding
-    eager = existing is None or (args.model is not None and args.model != existing.model)
-    index = Index.create_or_open(root, make_embedder() if eager else make_embedder, store=store,
-                                 store_options=opts, rebuild=args.rebuild)
-    if not args.dpi > 0 or args.dpi > 1200:
-        raise ImgragError(f"--dpi must be between 1 and 1200, got {args.dpi:g}")
+        have = existing.store_options.get("factory", "Flat") if existing and existing.store == "faiss" else None
+        if have is not None and not args.rebuild and have != args.faiss_factory:
+            raise ImgragError(f"index {root} uses --faiss-factory {have}; changing it needs --rebuild")
     options = IndexOptions(batch_size=args.batch_size, workers=args.workers, draft=args.draft,
                            commit_every=args.commit_every, retry_skipped=args.retry_skipped, prune=args.prune,
                            dpi=args.dpi, page_tiles=args.page_tiles, ocr_images=args.ocr, ocr_pages=args.ocr_pages,
                            max_pixels=pixel_limit(args.max_megapixels))
+    options.validate()
+    if args.engine != "ray":
+        from imgrag.indexer.pipeline import check_roots
+        from imgrag.indexer.scan import normalize_roots
+
+        check_roots(normalize_roots(args.paths))
+
+    def make_embedder():
+        return load_embedder(model, device=args.device, precision=args.precision, batch_size=args.batch_size)
+
+    # a new index, a rebuild, or a --model to check against the index now (its spelling may differ): build it
+    # here; otherwise the model loads (and is checked against the index) only if a file needs embedding
+    eager = existing is None or args.rebuild or (args.model is not None and args.model != existing.model)
+    index = Index.create_or_open(root, make_embedder() if eager else make_embedder, store=store,
+                                 store_options=opts, rebuild=args.rebuild)
     show_bar = (args.progress and not args.json and sys.stderr.isatty()
                 or (args.progress and os.environ.get("IMGRAG_PROGRESS") == "1"))
     bar = IndexProgress() if show_bar else None
@@ -97,9 +108,21 @@ def cmd_index(args) -> int:
     else:
         print_index_report(rep, index, ocr_off=args.ocr_pages == "off")
     if rep.interrupted:
-        print("interrupted: committed work is kept; run the same command again to continue", file=sys.stderr)
+        if index.draft:
+            print(f"interrupted: the rebuild is not finished, {index.root} is unchanged; run the same command again "
+                  "to continue the rebuild (a plain `imgrag index` discards it)", file=sys.stderr)
+        else:
+            print("interrupted: committed work is kept; run the same command again to continue", file=sys.stderr)
         return 130
     return 0
+
+
+def _readable_manifest(manifest_cls, root):
+    """The index's manifest for --rebuild defaults; None when absent or unreadable (rebuild replaces it)."""
+    try:
+        return manifest_cls.load(root) if manifest_cls.exists(root) else None
+    except ImgragError:
+        return None
 
 
 def cmd_search(args) -> int:

@@ -60,6 +60,16 @@ def _megapixels(s: str) -> float:
     return v
 
 
+def _dpi(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {s!r}") from None
+    if not 0 < v <= 1200:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"must be between 1 and 1200 dots per inch, got {s}")
+    return v
+
+
 MAX_MEGAPIXELS_HELP = ("largest image accepted, in megapixels (default 179, Pillow's own limit); larger ones (huge scans, posters) are decoded reduced to at most 16 MP: JPEG at a DCT scale and 8-bit PNG in strips with bounded memory, other formats whole (about 4 bytes per pixel)")
 
 
@@ -100,8 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
     pi.add_argument("--commit-every", type=_positive_int, default=1024, help="rows per atomic commit (default 1024)")
     pi.add_argument("--retry-skipped", action="store_true", help="retry files that failed before even if unchanged")
     pi.add_argument("--no-prune", dest="prune", action="store_false", help="keep rows of files deleted from disk")
-    pi.add_argument("--rebuild", action="store_true", help="delete the index contents and start over")
-    pi.add_argument("--dpi", type=float, default=150.0,
+    pi.add_argument("--rebuild", action="store_true",
+                    help="re-embed everything into a new copy built beside the index (model and store: the index's "
+                         "unless --model/--store say otherwise); it replaces the index only once complete, so "
+                         "searches read the old one meanwhile, and an interrupted rebuild resumes when the same "
+                         "command is run again")
+    pi.add_argument("--dpi", type=_dpi, default=150.0,
                     help="PDF pages: render resolution in dots per inch (default 150)")
     pi.add_argument("--page-tiles", type=_nonneg_int, default=2,
                     help="PDF pages: square tiles embedded besides the whole padded page for tall pages "
