@@ -357,3 +357,35 @@ def test_pdf_with_a_name_that_is_not_utf8(tmp_path, store):
     assert sorted(all_rows(idx)) == [f"{to_stored(name2)}#page=1", f"{to_stored(name2)}#page=2"]
     os.unlink(name2)
     assert build_index(idx, [docs], OPTS).deleted == 2 and idx.store.count() == 0
+
+
+# ------------------------------------------------------------------------------------------------
+# the Ray engine reads local files through the same forms
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_ray_engine_indexes_names_that_are_not_utf8(tmp_path, tiny_model_configs):
+    ray = pytest.importorskip("ray", reason="needs Ray Data: pip install 'imgrag[distributed]'")
+    pytest.importorskip("lance", reason="needs pylance: pip install 'imgrag[distributed]'")
+    from imgrag.indexer.ray_engine import RayOptions, build_index_ray
+    from imgrag.retrieval.embedders.openclip import OpenClipEmbedder
+
+    coll = tmp_path / "coll"
+    ids = _make_collection(coll)
+    started = not ray.is_initialized()
+    if started:
+        env = {k: os.environ[k] for k in ("IMGRAG_MODEL_CONFIGS", "IMGRAG_ALLOW_RANDOM_WEIGHTS", "HF_HUB_OFFLINE")
+               if k in os.environ}
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env})
+        ray.data.DataContext.get_current().enable_progress_bars = False
+    try:
+        emb = OpenClipEmbedder("imgrag-tiny-clip", device="cpu", precision="fp32", batch_size=4)
+        idx = Index.create_or_open(tmp_path / "idx", emb)
+        opts = RayOptions(actors=1, batch_size=4, rows_per_fragment=4, commit_every=8, device="cpu", precision="fp32")
+        rep = build_index_ray(idx, [coll], opts)
+        assert rep.skipped == [] and set(all_rows(idx)) == set(ids.values())
+        os.unlink(to_fs(ids[INVALID]))
+        rep = build_index_ray(idx, [coll], opts)
+        assert rep.deleted == 1 and set(all_rows(idx)) == set(ids.values()) - {ids[INVALID]}
+    finally:
+        if started:
+            ray.shutdown()
