@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 import numpy as np
 
 from imgrag.retrieval.errors import ImgragError
+from imgrag.retrieval.paths import display
 
 if TYPE_CHECKING:  # pragma: no cover
     from imgrag.retrieval.embedders.base import Embedder
@@ -225,13 +226,13 @@ def _print_skipped(skipped: list[tuple[str, str]], shown: int = 20) -> None:
         return
     print(f"skipped {len(skipped)} unreadable image{'s' if len(skipped) != 1 else ''} (not evaluated):")
     for p, reason in skipped[:shown]:
-        print(f"  {p}: {reason}")
+        print(f"  {display(p)}: {reason}")  # os.walk paths: a name that is not UTF-8 holds surrogates
     if len(skipped) > shown:
         print(f"  … and {len(skipped) - shown} more (--json lists all)")
 
 
 def _skipped_json(skipped: list[tuple[str, str]]) -> list[dict[str, str]]:
-    return [{"path": p, "reason": r} for p, r in skipped]
+    return [{"path": display(p), "reason": r} for p, r in skipped]
 
 
 # --- CLI ------------------------------------------------------------------------------------------------
