@@ -145,15 +145,17 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("-k", "--top-k", dest="k", type=_positive_int, default=10, help="number of results (default 10)")
     _filter_args(ps)
     ps.add_argument("--mode", choices=["auto", "vector", "text", "hybrid"], default="auto",
-                    help="vector (embedding), text (keywords in page text / OCR), hybrid (both, fused by "
-                         "reciprocal rank fusion); auto (default): hybrid when the index holds text, else vector")
+                    help="vector (embedding similarity), text (keywords in page text / OCR), hybrid (both: the "
+                         "similarity raised by matching words; items without text keep their similarity); "
+                         "auto (default): hybrid when the index holds text, else vector")
     ps.add_argument("--weights", metavar="V,T", default=None,
-                    help="hybrid: weights of the vector and text rankings in the fusion (default: 0.5,1 for "
-                         "the lite model, else 1,1)")
+                    help="hybrid: weights of similarity and keyword match; a full keyword match raises the "
+                         "score T/(V+T) of the way to 1 (default: 0.5,1 for the lite model, else 1,1)")
     ps.add_argument("--vector-gate", type=float, default=None, metavar="G",
-                    help="hybrid: fuse the vector ranking only when its best cosine exceeds its candidates' "
-                         "median by G (default: 0.10 for the lite model, else 0 = always)")
-    ps.add_argument("--min-score", type=float, help="hide results with cosine similarity below this")
+                    help="hybrid: when the best cosine does not exceed its candidates' median by G, keyword "
+                         "matches are ordered by their words alone (default: 0.10 for the lite model, else 0)")
+    ps.add_argument("--min-score", type=float, help="hide results whose shown score is below this (cosine "
+                    "similarity; in hybrid the relevance; in text mode the keyword match)")
     ps.add_argument("--sort-date", action="store_true", help="order results by capture date (after the cutoff)")
     ps.add_argument("--no-adapter", action="store_true", help="ignore the index's tuned adapter (imgrag tune), to compare")
     ps.add_argument("--json", action="store_true", help="print results as JSON")
@@ -207,6 +209,10 @@ def build_parser() -> argparse.ArgumentParser:
         _add_ask(sub, common)
     if _available("imgrag.app.web"):  # the package, not a module in it: finding that would run its __init__
         _add_serve(sub, common)
+
+    from imgrag.app.cli.commands_collection import add_parsers as add_collection_parsers
+
+    add_collection_parsers(sub, common)  # duplicates, export
 
     # eval
     pe = sub.add_parser("eval", parents=[common], help="measure retrieval / zero-shot quality of a model on your data")
