@@ -154,11 +154,11 @@ def _kill_at(point: str) -> None:
                 with open(tmp, "wb") as f:
                     f.write(data)
                 die()
-            real_write(path, data, durable)
+            real_write(path, data, durable=durable)
             if point == "after_switch":
                 die()
             return
-        real_write(path, data, durable)
+        real_write(path, data, durable=durable)
 
     def remove(loc, name):
         real_remove(loc, name)
