@@ -189,7 +189,7 @@ def quality(args) -> None:
             for bursts in ((False, True) if verify else (False,)):
                 rep = find_duplicates(index.store, DuplicateOptions(threshold=t, verify=verify, bursts=bursts))
                 s = pair_scores([{m.path for m in g} for g in rep.groups], truth)
-                rows.append({"model": args.model, "threshold": t, "verify": "phash" if verify else "none",
+                rows.append({"model": args.model, "threshold": t, "verify": "thumb" if verify else "none",
                              "bursts": bursts, **s, "seconds": round(rep.seconds["total"], 2)})
                 print(json.dumps(rows[-1]))
 
