@@ -1,4 +1,4 @@
-"""Perceptual hashes of images: the second signal that tells a copy from a look-alike.
+"""Perceptual signatures of images: the second signal that tells a copy from a look-alike.
 
 Embeddings place *similar* images close; a weak model (the lite model, the tiny random test models) places
 distinct images as close as copies. A perceptual hash compares the picture itself at low resolution, so a
@@ -9,6 +9,10 @@ thing does not.
   against their median. Robust to scaling, JPEG and brightness/contrast changes (those move the DC term and
   scale the rest); a crop of a few percent flips only some bits.
 - ``dhash``: 64 bits, whether each pixel of a 9×8 grey image is brighter than its right neighbour.
+- ``ImageHashes.similarity``: normalised correlation of 16×16 grey thumbnails (whole image, or whole vs a
+  centre crop of the other). This is what ``imgrag duplicates`` checks: measured on planted copies
+  (BENCHMARKS.md, "Duplicates") pHash and dHash bits are noise on line art and move by 20+ bits under a
+  5-10 % crop, while the correlation keeps copies high and is blind to brightness and contrast.
 
 Both are computed from a small decode (JPEG DCT scaling, ``draft``), so hashing is cheap: files are read
 and hashed in batches by a thread pool (Pillow releases the GIL while decoding).
