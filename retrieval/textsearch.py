@@ -40,6 +40,12 @@ def _fold(w: str) -> str:
     return w
 
 
+def matched_terms(text: str | None, query: str) -> list[str]:
+    """The query's keyword tokens (stop words dropped, plurals folded) that occur in ``text``, in query order."""
+    present = set(tokenize(text))
+    return [t for t in dict.fromkeys(tokenize(query)) if t in present]
+
+
 def bm25_search(store: "VectorStore", query: str, k: int, filters: "Filters | None" = None,
                 exclude_ids: Sequence[str] = (), batch_size: int = 4096) -> list["Hit"]:
     """Exact BM25 top-``k`` over the ``text`` column of any store (rows without text never match)."""

@@ -80,7 +80,10 @@ def hit_dict(h) -> dict:
             "taken_at": r.get("taken_at"), "width": r.get("width"), "height": r.get("height"),
             "label": r.get("label"),
             **({"snippet": r.get("snippet"), "match_spans": r.get("match_spans")} if r.get("snippet") else {}),
-            **{k: r[k] for k in ("rank_vector", "rank_text") if r.get(k) is not None}}
+            **{k: r[k] for k in ("rank_vector", "rank_text") if r.get(k) is not None},
+            # what the score is made of: the cosine similarity and the keyword match (hybrid, text)
+            **{k: round(float(r[k]), 6) for k in ("similarity", "keyword", "bm25") if r.get(k) is not None},
+            **({"matched_terms": list(r["matched_terms"])} if r.get("matched_terms") is not None else {})}
 
 
 def print_hits(hits) -> None:
@@ -102,6 +105,10 @@ def print_hits(hits) -> None:
                 snip = safe(highlight(snip, h.row.get("match_spans") or [], "\x00", "\x01"))
                 snip = snip.replace("\\x00", "\033[1m").replace("\\x01", "\033[0m")
             print(f"       {snip}")
+        if h.row.get("matched_terms"):  # the keyword side of the score, shown apart from it
+            sim = h.row.get("similarity")
+            print(f"       keyword {h.row['keyword']:.2f} ({', '.join(h.row['matched_terms'])})"
+                  + (f" · similarity {sim:.4f}" if sim is not None else ""))
 
 
 def print_classified(rows: list[dict], limit: int, wrote: bool) -> None:

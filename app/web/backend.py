@@ -56,11 +56,16 @@ class ResultItem:
     thumb: str  # thumbnail file
     snippet: str = ""  # document pages / OCR'd images: the page text around the query's words
     spans: tuple = ()  # (start, end) character spans of the query's words inside ``snippet``
+    similarity: float | None = None  # cosine similarity (``score`` is it, raised by a keyword match in hybrid)
+    keyword: float | None = None  # keyword match in 0–1 (hybrid / text search over page or OCR text)
+    matched: tuple = ()  # the query's words found in the item's text
 
     @property
     def caption(self) -> str:
         """Plain text (the UI escapes it): score, file name, capture date."""
         parts = [f"{self.score:.3f}", self.name + (f" p.{self.page}" if self.page else "")]
+        if self.matched:
+            parts.append("words: " + ", ".join(self.matched))
         if self.taken_at:
             parts.append(self.taken_at.strftime("%Y-%m-%d"))
         if self.snippet:
@@ -71,7 +76,10 @@ class ResultItem:
         return {"id": self.id, "path": self.path, "name": self.name, "score": round(self.score, 6),
                 "taken_at": self.taken_at.isoformat() if self.taken_at else None, "width": self.width,
                 "height": self.height, "label": self.label, "page": self.page, "snippet": self.snippet,
-                "match_spans": [list(sp) for sp in self.spans]}
+                "match_spans": [list(sp) for sp in self.spans],
+                "similarity": None if self.similarity is None else round(self.similarity, 6),
+                "keyword": None if self.keyword is None else round(self.keyword, 6),
+                "matched_terms": list(self.matched)}
 
 
 def display_name(path: str) -> str:
@@ -200,7 +208,9 @@ class Backend:
                                   taken_at=r.get("taken_at"), width=r.get("width"), height=r.get("height"),
                                   label=r.get("label"), page=r.get("page"), thumb=str(th),
                                   snippet=r.get("snippet") or "",
-                                  spans=tuple(tuple(sp) for sp in (r.get("match_spans") or ()))))
+                                  spans=tuple(tuple(sp) for sp in (r.get("match_spans") or ())),
+                                  similarity=r.get("similarity"), keyword=r.get("keyword"),
+                                  matched=tuple(r.get("matched_terms") or ())))
         return out
 
     # -- search ----------------------------------------------------------------------------------

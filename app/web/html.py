@@ -105,6 +105,9 @@ def detail_html(it: dict[str, Any] | None) -> str:
     if not it:
         return "<div class='imgrag-detail'>Select a result to see its details.</div>"
     rows = [("file", it["name"]), ("folder", display(os.path.dirname(it["path"]))), ("score", f"{it['score']:.4f}")]
+    if it.get("matched_terms"):  # hybrid: the score is the similarity raised by these words
+        rows.append(("similarity", f"{it['similarity']:.4f}" if it.get("similarity") is not None else "–"))
+        rows.append(("keyword", f"{it['keyword']:.2f} ({', '.join(it['matched_terms'])})"))
     if it.get("taken_at"):
         rows.append(("taken", str(it["taken_at"])[:19].replace("T", " ")))
     if it.get("width"):

@@ -115,7 +115,8 @@ def _search_tab(sh: _Shared) -> None:
             with gr.Row():
                 k = gr.Slider(1, sh.max_k, value=12, step=1, label="Results (k)", elem_id="search-k")
                 cutoff = gr.Slider(0.0, 1.0, value=0.0, step=0.01, label="Relevance cutoff",
-                                   info="hide results scoring below this (0 = show all)", elem_id="search-cutoff")
+                                   info="hide results whose shown score is below this (0 = show all)",
+                                   elem_id="search-cutoff")
                 sort_date = gr.Checkbox(False, label="Sort by capture date (after the cutoff)",
                                         elem_id="search-sort-date")
             with gr.Row():

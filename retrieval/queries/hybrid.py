@@ -1,22 +1,29 @@
-"""Vector, keyword and hybrid search (reciprocal rank fusion) for document pages and OCR'd images.
+"""Vector, keyword and hybrid search over photos, document pages and OCR'd images.
 
-- ``vector``: the embedding search of :mod:`imgrag.retrieval.queries.search` (how the page looks).
-- ``text``: BM25 keyword search over the stored page text / OCR text (what the page says).
-- ``hybrid``: both lists fused by weighted reciprocal rank fusion (Cormack et al., SIGIR 2009):
-  ``score(d) = Σ_m w_m / (rrf_k + rank_m(d))``, ranks 1-based, over the top ``candidates`` of each.
-  RRF needs no score calibration between cosine similarities and BM25 scores.
+- ``vector``: the embedding search of :mod:`imgrag.retrieval.queries.search` (how an item looks); the score
+  is the cosine similarity.
+- ``text``: BM25 keyword search over the stored page text / OCR text (what a page says); the score is the
+  keyword match in 0–1 (:func:`keyword_evidence`).
+- ``hybrid``: every candidate of either side gets its cosine similarity (computed for keyword-only hits)
+  and its keyword match ``kw``, and one relevance ``score = b + (1 − b)·λ·kw`` (``b = max(s, 0)``), with
+  ``λ = T/(V+T)`` from the weights ``V,T``. A keyword miss is *no evidence*, not negative evidence: an item without
+  matching text (a photo) keeps exactly its similarity, so hybrid never ranks or cuts a photo below where
+  vector search puts it; words that match raise a page towards 1. The cutoff (``min_score``) applies to
+  this displayed score. (Until 2026-11 hybrid showed reciprocal-rank-fusion values of about 0.01–0.03 and
+  dropped the vector side when its ranking looked uninformative, which emptied photo results in mixed
+  indexes; :func:`rrf_fuse` and :func:`fuse` remain for callers that want rank fusion.)
 - ``auto``: hybrid when the index holds any text, else vector.
 
-A ranking that carries no information only adds noise to the fusion: a page that both lists hold at
-middling ranks outranks the keyword search's best page. So the vector ranking takes part only when its
-best match stands out — its cosine similarity exceeds the median of the vector candidates by at least
-``vector_gate`` — and the lists are weighted. Defaults are the embedder family's own
-(:func:`hybrid_defaults`, from ``ModelDefaults``: the offline ``lite`` model, which cannot read, uses weights
-0.5,1 and gate 0.10, measured with ``bench/docs_retrieval.py``); other models use plain RRF (1,1, no gate)
-until measured.
+The keyword match ``kw`` = (share of the query's words the text holds) × (BM25 / best BM25 of the query):
+1 for the page that matches every word best, lower for partial or weaker matches, 0 without a match. It is
+computed from the stored text, so LanceDB and FAISS give the same value. When the vector ranking carries
+no information (its best similarity does not exceed the candidates' median by ``vector_gate``; lite on
+text-only pages), keyword matches are ordered by ``kw`` alone: their relevance uses the median similarity
+instead of their own, but never falls below their own similarity.
 
-Each hit's ``row`` gains ``snippet`` (the best-matching window of its text) and ``match_spans``
-(character spans of query words inside the snippet) for display.
+Each hit's ``row`` gains ``similarity``, ``keyword``, ``matched_terms`` (and ``bm25``, ``rank_vector``,
+``rank_text`` where they apply), plus ``snippet`` (the best-matching window of its text) and
+``match_spans`` (character spans of query words inside the snippet) for display.
 """
 
 from __future__ import annotations
@@ -125,8 +132,9 @@ def search_documents(index: "Index", query: str, k: int = 10, mode: str = "hybri
                      with_snippets: bool = True, vector_gate: float | None = None) -> list[Hit]:
     """Top-``k`` items for a text query in ``mode`` (``auto``/``vector``/``text``/``hybrid``).
 
-    ``min_score`` applies to vector cosine similarity (vector mode, or the vector side of hybrid).
-    ``weights`` and ``vector_gate`` default per model (:func:`hybrid_defaults`).
+    Each hit's ``score`` is what the user sees and what ``min_score`` cuts: the cosine similarity (vector),
+    the keyword match in 0–1 (text) or the relevance of the module docstring (hybrid). ``weights`` and
+    ``vector_gate`` default per model (:func:`hybrid_defaults`); ``rrf_k`` is accepted for compatibility.
     """
     from imgrag.retrieval.queries.search import search
 
@@ -135,17 +143,102 @@ def search_documents(index: "Index", query: str, k: int = 10, mode: str = "hybri
     if not query or not query.strip():
         raise BadQueryError("empty query; give some text")
     mode = resolve_mode(index, mode)
-    w = parse_weights(weights) if weights is not None else hybrid_defaults(index.manifest.model)[0]
+    dw, dg = hybrid_defaults(index.manifest.model)
+    w = parse_weights(weights) if weights is not None else dw
+    gate = dg if vector_gate is None else float(vector_gate)
     n = max(int(candidates or 0), 4 * k, 50)
     if mode == "vector":
-        hits = search(index, query, k=k, filters=filters, min_score=min_score)
+        hits = [_with(h, h.score, similarity=float(h.score))
+                for h in search(index, query, k=k, filters=filters, min_score=min_score)]
     elif mode == "text":
-        hits = index.store.text_search(query, k, filters=filters)
+        txt = index.store.text_search(query, n, filters=filters)
+        ev = keyword_evidence(txt, query)
+        hits = [_with(h, ev[h.id][0], keyword=ev[h.id][0], bm25=float(h.score), matched_terms=ev[h.id][1],
+                      rank_text=r) for r, h in enumerate(txt, 1)]
+        hits.sort(key=lambda h: (-h.score, h.row["rank_text"]))
+        hits = _cut(hits, min_score)[:k]
     else:
-        vec = search(index, query, k=n, filters=filters, min_score=min_score) if w[0] > 0 else []
+        qv = _query_vector(index, query)
+        vec = search(index, qv, k=n, filters=filters) if w[0] > 0 or w[1] == 0 else []
         txt = index.store.text_search(query, n, filters=filters) if w[1] > 0 else []
-        hits = fuse(index, vec, txt, w, vector_gate, rrf_k)[:k]
+        hits = _cut(blend(index, qv, vec, txt, query, w, gate), min_score)[:k]
     return add_snippets(hits, query) if with_snippets else hits
+
+
+def keyword_evidence(txt: Sequence[Hit], query: str) -> dict[str, tuple[float, list[str]]]:
+    """id → (keyword match in 0–1, matched query words) for keyword hits (``score`` = BM25).
+
+    The match is the share of the query's words found in the item's text times its BM25 relative to the
+    best hit's. A hit the store found by stemming that the plain word fold misses counts one word.
+    """
+    from imgrag.retrieval.textsearch import matched_terms, tokenize
+
+    n_terms = max(len(dict.fromkeys(tokenize(query))), 1)
+    best = max((float(h.score) for h in txt), default=0.0)
+    out: dict[str, tuple[float, list[str]]] = {}
+    for h in txt:
+        words = matched_terms(h.row.get("text"), query)
+        cover = min(max(len(words), 1), n_terms) / n_terms
+        out[h.id] = (cover * float(h.score) / best if best > 0 else 0.0, words)
+    return out
+
+
+def relevance(similarity: float, keyword: float, lam: float) -> float:
+    """``b + (1 − b)·λ·kw`` with ``b = max(s, 0)``; exactly ``s`` without a keyword match (``kw = 0``)."""
+    if keyword <= 0:
+        return float(similarity)
+    b = max(float(similarity), 0.0)
+    return b + (1.0 - b) * lam * float(keyword)
+
+
+def blend(index: "Index", qv: np.ndarray, vec: Sequence[Hit], txt: Sequence[Hit], query: str,
+          weights: Sequence[float], vector_gate: float = 0.0) -> list[Hit]:
+    """Hybrid hits: the union of both candidate lists, each scored by :func:`relevance`, best first."""
+    lam = float(weights[1]) / float(weights[0] + weights[1])
+    ev = keyword_evidence(txt, query)
+    first: dict[str, Hit] = {}
+    for h in [*vec, *txt]:
+        first.setdefault(h.id, h)
+    sims = {h.id: float(h.score) for h in vec}
+    missing = [i for i in first if i not in sims]
+    if missing:  # keyword-only hits: their similarity from the stored vectors
+        got = index.store.get(missing, columns=["id", "vector"])
+        for i, v in zip(got["id"].to_pylist(), got["vector"].to_pylist()):
+            sims[i] = float(np.asarray(v, dtype=np.float32) @ qv)
+    informative = vector_informative(vec, vector_gate)
+    base = float(np.median([h.score for h in vec])) if vec and not informative else None
+    rank_v = {h.id: r for r, h in enumerate(vec, 1)}
+    rank_t = {h.id: r for r, h in enumerate(txt, 1)}
+    bm25 = {h.id: float(h.score) for h in txt}
+    out = []
+    for i, h in first.items():
+        s = sims.get(i, 0.0)
+        kw, words = ev.get(i, (0.0, []))
+        score = relevance(s, kw, lam)
+        if base is not None and kw > 0:  # the similarity ranking is noise: order keyword matches by kw alone
+            score = max(s, relevance(base, kw, lam))
+        extra = {"similarity": s, "keyword": kw, "matched_terms": words}
+        if i in rank_v:
+            extra["rank_vector"] = rank_v[i]
+        if i in rank_t:
+            extra.update(rank_text=rank_t[i], bm25=bm25[i])
+        out.append(_with(h, score, **extra))
+    out.sort(key=lambda h: (-h.score, -h.row["keyword"], h.id))
+    return out
+
+
+def _query_vector(index: "Index", query: str) -> np.ndarray:
+    from imgrag.retrieval.queries.search import Term, query_vector
+
+    return query_vector(index, [Term("text", query, 1.0)])[0]
+
+
+def _with(h: Hit, score: float, **row) -> Hit:
+    return Hit(h.id, h.path, float(score), {**h.row, **row})
+
+
+def _cut(hits: list[Hit], min_score: float | None) -> list[Hit]:
+    return hits if min_score is None else [h for h in hits if h.score >= min_score]
 
 
 def add_snippets(hits: Sequence[Hit], query: str, width: int = 200) -> list[Hit]:

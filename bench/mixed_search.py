@@ -1,0 +1,251 @@
+"""Search over photos and documents in one index: recall@10 / nDCG@10 per mode and per kind of query.
+
+The corpus is what a user's folder looks like: the 71 photos of ``data/samples``, two real manuals from
+Debian's ``r-doc-pdf`` (R-data and R-FAQ, 93 text pages) and a generated catalogue PDF with one page for
+every third sample photo (heading, boilerplate, the photo, one of its captions printed under it). Queries
+of four kinds, each with its known relevant items:
+
+- ``photo``: captions from ``data/captions.tsv`` of photos that have no catalogue page → that photo;
+- ``category``: the issue's one-word photo queries ("food", "a person", …) → the photos of that folder
+  and the catalogue pages showing them;
+- ``page``: section titles from the manuals' outlines (numbering removed) → the page they point to;
+- ``mixed``: captions of the catalogued photos (the printed one and the others) → the photo and its page.
+
+Every mode (vector, text, hybrid, auto) goes through ``imgrag.retrieval.queries.hybrid.search_documents``
+on a real LanceDB index with the lite model (offline, real weights). Besides recall and nDCG it counts the
+queries whose top 10 hold *fewer relevant photos than vector search alone* — the failure the fusion must
+never show — and how many queries return nothing.
+
+    python bench/mixed_search.py --work bench/.cache/mixed          # index once (about 4 min), then evaluate
+    python bench/mixed_search.py --work bench/.cache/mixed --json   # the same, figures as JSON
+
+Needs the ``lite`` and ``docs`` extras and ``fpdf2``; the manuals come from ``apt-get download r-doc-pdf``
+(cached in bench/.cache) or ``--rdoc-dir``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import ROOT, ensure_imgrag_importable, log, record, table  # noqa: E402
+
+ensure_imgrag_importable()
+
+from docs_retrieval import BOILERPLATE, rdoc_dir, rmanuals  # noqa: E402
+
+K = 10
+MANUALS = ["R-data", "R-FAQ"]
+SAMPLES = ROOT / "data" / "samples"
+#: the issue's photo queries, by folder of data/samples
+CATEGORIES = {"food": "food", "a person": "people", "an animal": "animals", "a building": "buildings",
+              "a musical instrument": "music", "a plant": "plants", "a vehicle": "vehicles",
+              "outer space": "space", "sports": "sports", "a texture": "textures", "an object": "objects"}
+MODES = ("vector", "text", "hybrid", "auto")
+
+
+SWEEP = [("0.5,1", 0.0), ("1,1", 0.1), ("1,1", 0.0), ("1,2", 0.1), ("2,1", 0.1), ("3,1", 0.1), ("1,3", 0.1)]
+
+
+def load_hybrid_from(rev: str) -> None:
+    """Replace ``imgrag.retrieval.queries.hybrid`` by its source at git revision ``rev``."""
+    import subprocess
+    import types
+
+    src = subprocess.run(["git", "show", f"{rev}:retrieval/queries/hybrid.py"], cwd=ROOT, check=True,
+                         capture_output=True, text=True).stdout
+    mod = types.ModuleType("imgrag.retrieval.queries.hybrid")
+    mod.__file__ = f"{rev}:retrieval/queries/hybrid.py"
+    sys.modules[mod.__name__] = mod
+    exec(compile(src, mod.__file__, "exec"), mod.__dict__)
+    import imgrag.retrieval.queries as pkg
+
+    pkg.hybrid = mod
+
+
+def captions() -> dict[str, list[str]]:
+    caps: dict[str, list[str]] = {}
+    for line in (ROOT / "data" / "captions.tsv").read_text().splitlines():
+        if "\t" in line:
+            p, c = line.split("\t", 1)
+            caps.setdefault(p, []).append(c.strip())
+    return caps
+
+
+def catalogue(out: Path, items: list[str], caps: dict[str, list[str]]) -> Path:
+    """One A4 page per photo in ``items`` (photo + its first caption printed under it)."""
+    from fpdf import FPDF
+    from PIL import Image
+
+    out.mkdir(parents=True, exist_ok=True)
+    pdf_path = out / "catalogue.pdf"
+    if pdf_path.exists():
+        return pdf_path
+    pdf = FPDF(format="A4")
+    pdf.set_auto_page_break(False)
+    for n, rel in enumerate(items, 1):
+        pdf.add_page()
+        pdf.set_font("helvetica", "B", 16)
+        pdf.set_xy(20, 20)
+        pdf.cell(170, 10, f"Plate {n}")
+        pdf.set_font("helvetica", size=10)
+        pdf.set_xy(20, 35)
+        pdf.multi_cell(170, 5, BOILERPLATE)
+        im = Image.open(SAMPLES / rel).convert("RGB")
+        h = min(150.0, 105.0 * im.height / im.width)
+        w = h * im.width / im.height
+        tmp = out / f"_{n}.jpg"
+        im.save(tmp, quality=90)
+        top = (60.0, 110.0, 275.0 - h)[n % 3]
+        pdf.image(str(tmp), x=(210 - w) / 2, y=top, w=w, h=h)
+        tmp.unlink()
+        pdf.set_xy(20, top + h + 3)
+        pdf.set_font("helvetica", "I", 11)
+        pdf.multi_cell(170, 6, f"Plate {n}. {caps[rel][0][0].upper() + caps[rel][0][1:]}.")
+    pdf.output(str(pdf_path))
+    return pdf_path
+
+
+def corpus(work: Path, rdoc: Path) -> tuple[list[Path], list[tuple[str, str, set[str]]]]:
+    """Folders to index and queries (kind, text, relevant ids)."""
+    caps = captions()
+    items = sorted(caps)
+    in_cat = items[::3]
+    docs = work / "docs"
+    cat = catalogue(docs, in_cat, caps)
+    manual_dir, titles = rmanuals(work, rdoc, 10_000, manuals=MANUALS)
+    photo_id = {rel: str((SAMPLES / rel).resolve()) for rel in items}
+    page_of = {rel: f"{cat.resolve()}#page={n}" for n, rel in enumerate(in_cat, 1)}
+    qs: list[tuple[str, str, set[str]]] = []
+    for rel in items:
+        for c in caps[rel]:
+            if rel in page_of:
+                qs.append(("mixed", c, {photo_id[rel], page_of[rel]}))
+            else:
+                qs.append(("photo", c, {photo_id[rel]}))
+    for q, folder in CATEGORIES.items():
+        rel = {r for r in items if r.split("/")[0] == folder}
+        if rel:
+            qs.append(("category", q, {photo_id[r] for r in rel} | {page_of[r] for r in rel if r in page_of}))
+    for title, pdf, page in titles:
+        qs.append(("page", title, {f"{Path(pdf).resolve()}#page={page}"}))
+    return [SAMPLES, docs, manual_dir], qs
+
+
+class MemoTexts:
+    """The embedder with a cache of text vectors (every mode embeds the same queries)."""
+
+    def __init__(self, emb):
+        self._emb, self._memo = emb, {}
+
+    def __getattr__(self, name):
+        return getattr(self._emb, name)
+
+    def embed_texts(self, texts):
+        import numpy as np
+
+        missing = [t for t in texts if t not in self._memo]
+        if missing:
+            for t, v in zip(missing, self._emb.embed_texts(missing)):
+                self._memo[t] = v
+        return np.stack([self._memo[t] for t in texts])
+
+
+def evaluate(index, qs, modes=MODES, **kw) -> dict[str, dict[str, dict[str, float]]]:
+    """{mode: {kind: {R@10, nDCG@10, fewer_photos, empty, n}}} (fewer_photos: queries whose top 10 hold
+    fewer relevant photos than vector mode's)."""
+    from imgrag.retrieval.queries.hybrid import search_documents
+
+    got: dict[str, list[list[str]]] = {}
+    for mode in modes:
+        t = time.perf_counter()
+        got[mode] = [[h.id for h in search_documents(index, q, k=K, mode=mode, with_snippets=False, **kw)]
+                     for _, q, _ in qs]
+        log(f"  {mode}: {1000 * (time.perf_counter() - t) / len(qs):.0f} ms/query")
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    kinds = sorted({k for k, _, _ in qs}) + ["all"]
+    for mode in modes:
+        out[mode] = {}
+        for kind in kinds:
+            sel = [i for i, (k, _, _) in enumerate(qs) if kind in ("all", k)]
+            rec, ndcg, fewer, empty = [], [], 0, 0
+            for i in sel:
+                rel, ids = qs[i][2], got[mode][i]
+                rec.append(len(rel & set(ids)) / len(rel))
+                dcg = sum(1 / math.log2(r + 2) for r, x in enumerate(ids) if x in rel)
+                ndcg.append(dcg / sum(1 / math.log2(r + 2) for r in range(min(len(rel), K))))
+                photos = {x for x in rel if "#page=" not in x}
+                fewer += len(photos & set(ids)) < len(photos & set(got["vector"][i])) if "vector" in got else 0
+                empty += not ids
+            out[mode][kind] = {"R@10": sum(rec) / len(rec), "nDCG@10": sum(ndcg) / len(ndcg),
+                               "fewer_photos": fewer, "empty": empty, "n": len(sel)}
+    return out
+
+
+def print_table(res: dict, title: str) -> None:
+    kinds = list(next(iter(res.values())))
+    rows = []
+    for mode, by_kind in res.items():
+        rows.append([mode] + [f"{v['R@10']:.3f} / {v['nDCG@10']:.3f}" for v in by_kind.values()]
+                    + [f"{by_kind['all']['fewer_photos']}", f"{by_kind['all']['empty']}"])
+    table(["mode"] + [f"{k} (n={res['vector'][k]['n']}) R@10 / nDCG@10" for k in kinds]
+          + ["fewer photos than vector", "empty"], rows, title=title)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work", help="working folder; an index left there by an earlier run is reused")
+    ap.add_argument("--rdoc-dir", help="folder holding R-data.pdf and R-FAQ.pdf (default: apt-get download)")
+    ap.add_argument("--label", default="current", help="name of this run in the results (e.g. before, after)")
+    ap.add_argument("--hybrid-from", metavar="REV",
+                    help="evaluate retrieval/queries/hybrid.py as of a git revision (the 'before' figures: "
+                         "the rank fusion of commit 04c2170)")
+    ap.add_argument("--sweep", action="store_true", help="also compare hybrid weights and vector gates")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    if args.hybrid_from:
+        load_hybrid_from(args.hybrid_from)
+
+    from imgrag.indexer.pipeline import IndexOptions, build_index
+    from imgrag.retrieval.embedders import load_embedder
+    from imgrag.retrieval.index import Index
+
+    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="imgrag-mixed-bench-"))
+    folders, qs = corpus(work, rdoc_dir(args.rdoc_dir))
+    emb = load_embedder("lite", device="cpu")
+    idx_dir = work / "index"
+    if not (idx_dir / "imgrag.json").exists():
+        shutil.rmtree(idx_dir, ignore_errors=True)
+    index = Index.create_or_open(idx_dir, emb, store="lancedb")
+    t = time.perf_counter()
+    rep = build_index(index, folders, IndexOptions(workers=1, batch_size=16))
+    log(f"index: {index.store.count()} items ({rep.embedded} embedded in {time.perf_counter() - t:.0f}s); "
+        f"{len(qs)} queries")
+    index._embedder = MemoTexts(index.embedder)  # every mode embeds the same queries: embed each once
+    res = evaluate(index, qs)
+    record("mixed_search", res, {"label": args.label, "model": "lite", "k": K, "manuals": MANUALS,
+                                 "hybrid_from": args.hybrid_from})
+    print_table(res, f"mixed corpus ({index.store.count()} items), lite model, {args.label}")
+    if args.sweep:
+        sweep = {}
+        for w, gate in SWEEP:
+            log(f"hybrid weights {w}, gate {gate}")
+            sweep[f"hybrid {w}, gate {gate}"] = evaluate(index, qs, ("vector", "hybrid"), weights=w,
+                                                         vector_gate=gate)["hybrid"]
+        record("mixed_search_sweep", sweep, {"label": args.label, "model": "lite", "k": K})
+        print_table({"vector": res["vector"], **sweep}, "hybrid variants")
+        res = {**res, **sweep}
+    if args.json:
+        print(json.dumps(res, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

