@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 
 from imgrag.app.cli.output import print_json, safe
+from imgrag.retrieval.paths import display
 
 EPILOG_DUPLICATES = """Nothing is deleted: the groups are a suggestion, the keeper the largest then oldest image.
 examples:
@@ -71,7 +72,7 @@ def cmd_duplicates(args) -> int:
         print(f"group {n} ({len(g)} images)")
         for m in g:
             tag = "keep" if m.keeper else ("same" if m.same_file else f"{m.score:.3f}")
-            print(f"  {tag:>5}  {m.width or '?'}x{m.height or '?'}  {safe(m.path)}")
+            print(f"  {tag:>5}  {m.width or '?'}x{m.height or '?'}  {display(m.path)}")
     extra = sum(len(g) - 1 for g in rep.groups)
     print(f"{len(rep.groups)} groups, {extra} images besides the keepers, among {rep.items} images "
           f"({rep.candidates} candidate pairs, {rep.rejected} rejected by the thumbnail check); nothing was deleted")
