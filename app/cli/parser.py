@@ -254,7 +254,7 @@ def _add_ask(sub, common) -> None:
     pa.add_argument("-k", "--k", "--top-k", dest="k", type=_positive_int, default=8, help="images retrieved (default 8)")
     pa.add_argument("--max-images", type=_positive_int, default=4, help="images passed to the generator (default 4)")
     pa.add_argument("--generator", default=None,
-                    help="hf:HUB_ID_OR_DIR, anthropic:MODEL, openai:MODEL or smollm2 (default: smollm2, offline)")
+                    help="hf:HUB_ID_OR_DIR, anthropic:MODEL, openai:MODEL, gemini:MODEL or smollm2 (default: smollm2, offline)")
     pa.add_argument("--min-score", type=float, default=None,
                     help="if the best match scores below this, say the collection does not contain the answer "
                          "(default per embedding model: lite 0.25, CLIP 0.18, SigLIP 0.05; -1 disables)")

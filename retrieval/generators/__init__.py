@@ -1,5 +1,5 @@
-"""Answer generators: ``hf:`` (transformers vision-language models), ``anthropic:``, ``openai:`` and the
-offline text-only ``smollm2``, registered by spec prefix (:mod:`imgrag.retrieval.generators.registry`).
+"""Answer generators: ``hf:`` (transformers vision-language models), ``anthropic:``, ``openai:``, ``gemini:``
+and the offline text-only ``smollm2``, registered by spec prefix (:mod:`imgrag.retrieval.generators.registry`).
 :func:`load_generator` turns a spec string into a cached generator."""
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""API generators: Anthropic Messages (``anthropic:MODEL``) and OpenAI chat completions (``openai:MODEL``).
+"""API generators: Anthropic Messages (``anthropic:MODEL``) and OpenAI chat completions (``openai:MODEL``);
+Gemini (``gemini:MODEL``, :mod:`imgrag.retrieval.generators.gemini`) builds on the same HTTP client.
 
 Plain HTTP with the standard library (no SDK): images are sent as base64 JPEG after resizing to
 ``image_size`` on the long side, answers stream as server-sent events. Keys come only from the
@@ -238,7 +239,9 @@ def _sse(resp) -> Iterator[dict]:
     ctype = (resp.headers.get("content-type") or "").lower()
     if "application/json" in ctype:
         obj = json.loads(resp.read().decode("utf-8"))
-        yield from _plain_json_events(obj)
+        for o in obj if isinstance(obj, list) else [obj]:  # Gemini without alt=sse: an array of responses
+            if isinstance(o, dict):
+                yield from _plain_json_events(o)
         return
     event = None
     data_lines: list[str] = []
@@ -255,9 +258,10 @@ def _sse(resp) -> Iterator[dict]:
                     obj = json.loads(payload)
                 except ValueError:
                     obj = {}
-                if isinstance(obj, dict):
-                    obj.setdefault("_event", event)
-                    yield obj
+                for o in obj if isinstance(obj, list) else [obj]:  # Gemini may send a JSON array
+                    if isinstance(o, dict):
+                        o.setdefault("_event", event)
+                        yield o
             event = None
             continue
         if line.startswith(":"):
@@ -288,7 +292,7 @@ def _plain_json_events(obj: dict) -> Iterator[dict]:
         for ch in obj["choices"]:
             yield {"choices": [{"delta": {"content": (ch.get("message") or {}).get("content") or ""}}]}
         yield {"_done": True}
-    elif "error" in obj:
+    elif "error" in obj or "candidates" in obj or "promptFeedback" in obj:  # an error, or Gemini's own shape
         yield obj
 
 
@@ -303,7 +307,7 @@ def _error_message(e: urllib.error.HTTPError) -> str:
         err = obj.get("error", obj) if isinstance(obj, dict) else {}
         if isinstance(err, dict):
             msg = err.get("message") or ""
-            typ = err.get("type") or ""
+            typ = err.get("type") or err.get("status") or ""  # Gemini: {"code", "message", "status"}
             return " ".join(f"{typ}: {msg}".strip(": ").split())[:300]
         return " ".join(str(err).split())[:300]
     except ValueError:

@@ -1,7 +1,7 @@
 """Generators registered by spec prefix, in the spirit of simonw/llm's plugin hooks.
 
 A spec is ``KIND`` or ``KIND:ARG`` (``hf:llava-hf/llava-1.5-7b-hf``, ``anthropic:claude-3-5-sonnet-latest``,
-``smollm2``); the kind (case-insensitive) picks the class, which builds itself with
+``gemini:gemini-2.0-flash``, ``smollm2``); the kind (case-insensitive) picks the class, which builds itself with
 ``Generator.from_spec(arg, device, precision)``. Targets are classes or zero-argument functions returning one,
 so registering imports nothing.
 
@@ -19,7 +19,7 @@ from imgrag.retrieval.generators.base import Generator
 
 Target = Union[type[Generator], Callable[[], type[Generator]]]
 
-SPEC_HELP = "hf:HUB_ID_OR_DIR, anthropic:MODEL, openai:MODEL or smollm2"
+SPEC_HELP = "hf:HUB_ID_OR_DIR, anthropic:MODEL, openai:MODEL, gemini:MODEL or smollm2"
 
 _kinds: dict[str, Target] = {}
 _lock = threading.Lock()
@@ -76,7 +76,14 @@ def _openai() -> type[Generator]:
     return OpenAIGenerator
 
 
+def _gemini() -> type[Generator]:
+    from imgrag.retrieval.generators.gemini import GeminiGenerator
+
+    return GeminiGenerator
+
+
 register_generator(("smollm2", "smollm"), _smollm)
 register_generator("hf", _hf)
 register_generator(("anthropic", "claude"), _anthropic)
 register_generator(("openai", "gpt"), _openai)
+register_generator(("gemini", "google"), _gemini)
