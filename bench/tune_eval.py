@@ -48,15 +48,24 @@ def embed_folder(emb, root: Path, limit: int | None, cache: Path) -> dict:
     from imgrag.retrieval.tune.data import _decode
 
     classes, paths, targets = folder_dataset(root, limit_per_class=limit)
-    vecs, keep = [], []
-    for i in range(0, len(paths), 64):
-        imgs = [_decode(p, emb.image_size) for p in paths[i : i + 64]]
+    rel = [os.path.relpath(p, root) for p in paths]
+    # vectors of the same files cached by a run with another --limit-per-class are reused (same model)
+    known: dict[str, np.ndarray] = {}
+    for other in sorted(cache.parent.glob(cache.name.rsplit("-", 1)[0] + "-*.npz")):
+        z = np.load(other)
+        known.update(zip(z["paths"].tolist(), z["vectors"]))
+    got: dict[int, np.ndarray] = {k: known[r] for k, r in enumerate(rel) if r in known}
+    todo = [k for k in range(len(paths)) if k not in got]
+    print(f"  {len(got)} cached vectors reused, {len(todo)} images to embed", file=sys.stderr, flush=True)
+    for i in range(0, len(todo), 64):
+        chunk = todo[i : i + 64]
+        imgs = [_decode(paths[k], emb.image_size) for k in chunk]
         ok = [j for j, im in enumerate(imgs) if not isinstance(im, Exception)]
         if ok:
-            vecs.append(emb.embed_images([imgs[j] for j in ok]))
-        keep += [i + j for j in ok]
-        print(f"  embedded {i + len(imgs)}/{len(paths)}", file=sys.stderr, flush=True)
-    out = {"vectors": np.concatenate(vecs), "paths": np.array([os.path.relpath(paths[k], root) for k in keep]),
+            got.update(zip([chunk[j] for j in ok], emb.embed_images([imgs[j] for j in ok])))
+        print(f"  embedded {i + len(chunk)}/{len(todo)}", file=sys.stderr, flush=True)
+    keep = sorted(got)
+    out = {"vectors": np.stack([got[k] for k in keep]).astype(np.float32), "paths": np.array([rel[k] for k in keep]),
            "targets": np.array([targets[k] for k in keep]), "classes": np.array(classes)}
     cache.parent.mkdir(parents=True, exist_ok=True)
     np.savez(cache, **out)

@@ -194,15 +194,24 @@ def cmd_classify(args) -> int:
     from imgrag.retrieval.queries.classify import ZeroShotClassifier, classify_index, parse_labels
     from imgrag.retrieval.queries.search import load_query_image, search
 
+    labels: list[str] | None = None
     if args.labels_file:
         try:
             raw = open(args.labels_file, encoding="utf-8").read()
         except OSError as e:
             raise ImgragError(f"cannot read labels file {args.labels_file}: {e.strerror or e}") from e
         labels = parse_labels(raw.replace(",", "\n") if "\n" not in raw.strip() else raw)
-    else:
+    elif args.labels:
         labels = parse_labels(args.labels)
+    elif not args.examples:
+        raise BadQueryError("give --labels, --labels-file or --examples ROOT (a folder per class)")
     index = _open_index(args)
+    examples = None
+    if args.examples:  # before the classifier: without --labels the folder names are the labels
+        from imgrag.retrieval.tune.fewshot import load_examples
+
+        labels, ex_vecs, ex_targets, _embedded = load_examples(index, args.examples, labels)
+        examples = (ex_vecs, ex_targets)
     clf = ZeroShotClassifier(index.embedder, labels, args.templates, _thresholds(args.threshold, labels),
                              calibration=args.calibration)
     from imgrag.retrieval.tune import active_adapter
@@ -210,6 +219,11 @@ def cmd_classify(args) -> int:
     adapter = active_adapter(index)
     if adapter is not None:  # class texts pass through the tuned adapter like search queries
         clf.weights = adapter.apply_text(clf.weights)
+    if examples is not None:  # few-shot: text prototypes mixed with the examples' mean (retrieval/tune/fewshot.py)
+        from imgrag.retrieval.tune.fewshot import mix_prototypes
+
+        # examples stay raw stored vectors: the same space as the image vectors they are compared with
+        clf.weights = mix_prototypes(clf.weights, examples[0], examples[1])
     rows: list[dict] = []
     if args.image:
         # one image has no collection of its own: calibrated against a random sample of the index

@@ -164,9 +164,13 @@ def build_parser() -> argparse.ArgumentParser:
     pc = sub.add_parser("classify", parents=[common], help="zero-shot classification with prompt templates",
                         description="Classify the whole index (default), one image (--image) or the results of a "
                                     "query (--query) into the given labels.")
-    g = pc.add_mutually_exclusive_group(required=True)
+    g = pc.add_mutually_exclusive_group()  # one of them, or --examples alone (its folder names are the labels)
     g.add_argument("--labels", help="comma-separated labels, e.g. 'cat,dog,car'")
     g.add_argument("--labels-file", metavar="FILE", help="one label per line")
+    pc.add_argument("--examples", metavar="ROOT",
+                    help="few-shot: a folder per class holding a few example images (folder name = label, matched "
+                         "to --labels, or the labels themselves without --labels); each label's text prototype is "
+                         "mixed with the mean of its examples (Tip-Adapter style, no training)")
     pc.add_argument("--templates", default="simple",
                     help="prompt templates: simple (default, 7 prompts), openai (80), photo, none, or a file with one '{}' template per line")
     pc.add_argument("--image", metavar="FILE", help="classify this image")

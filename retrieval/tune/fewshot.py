@@ -42,3 +42,42 @@ def mix_prototypes(text_protos: np.ndarray, vectors: np.ndarray, targets: Sequen
     mixed = text_protos.copy()
     mixed[has] = (1 - alpha) * text_protos[has] + alpha * img[has]
     return _l2(mixed).astype(np.float32)
+
+
+def _norm_name(name: str) -> str:
+    return " ".join(name.lower().split())
+
+
+def match_example_classes(folder_classes: Sequence[str], labels: Sequence[str] | None) -> tuple[list[str], list[int]]:
+    """(labels, label index per example folder). Without ``labels`` the folder names are the labels;
+    with them every folder must name one of the labels (case and spacing ignored): a folder that
+    names none is refused rather than silently ignored."""
+    if labels is None:
+        return list(folder_classes), list(range(len(folder_classes)))
+    by_name = {_norm_name(lab): i for i, lab in enumerate(labels)}
+    unknown = [c for c in folder_classes if _norm_name(c) not in by_name]
+    if unknown:
+        raise BadQueryError(f"--examples folder {unknown[0]!r} names none of the labels ({', '.join(labels)}); "
+                            "rename the folder or add the label")
+    return list(labels), [by_name[_norm_name(c)] for c in folder_classes]
+
+
+def load_examples(index, root, labels: Sequence[str] | None = None,
+                  depth: int = 1) -> tuple[list[str], np.ndarray, np.ndarray, int]:
+    """Example images of a folder-per-class tree (class text from the folder name, as in ``imgrag eval``):
+    (labels, (n, d) example vectors, (n,) label index each, images embedded now). Examples already in
+    the index use their stored vectors; the others are embedded."""
+    from imgrag.retrieval.errors import ImgragError
+    from imgrag.retrieval.queries.evaluate import class_words, folder_dataset
+    from imgrag.retrieval.tune.data import image_vectors
+
+    root_s = str(root)
+    try:
+        classes, paths, targets = folder_dataset(root_s, depth)
+    except ImgragError as e:
+        raise BadQueryError(f"--examples: {e}") from e
+    names, to_label = match_example_classes([class_words(c) for c in classes], labels)
+    vecs, keep, embedded = image_vectors(index, paths)
+    if not keep:
+        raise BadQueryError(f"--examples: none of the {len(paths)} images under {root_s} could be read")
+    return names, vecs, np.array([to_label[targets[j]] for j in keep], np.int64), embedded
