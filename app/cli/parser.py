@@ -70,6 +70,9 @@ def _dpi(s: str) -> float:
     return v
 
 
+EVAL_MODEL_HELP = ("embedding model (default lite); with --index DIR the index's model and its tuned adapter "
+                   "(imgrag tune) are evaluated instead")
+EVAL_NO_ADAPTER_HELP = "with --index: leave the index's tuned adapter out, to compare"
 MAX_MEGAPIXELS_HELP = ("largest image accepted, in megapixels (default 179, Pillow's own limit); larger ones (huge scans, posters) are decoded reduced to at most 16 MP: JPEG at a DCT scale and 8-bit PNG in strips with bounded memory, other formats whole (about 4 bytes per pixel)")
 
 
@@ -224,13 +227,15 @@ def build_parser() -> argparse.ArgumentParser:
     er = esub.add_parser("retrieval", parents=[common], help="text↔image Recall@1/5/10 from a captions file")
     er.add_argument("--images", required=True, metavar="DIR")
     er.add_argument("--captions", required=True, metavar="FILE", help="TSV: relative/path.jpg<TAB>caption (several lines per image allowed)")
-    er.add_argument("--model", default="lite")
+    er.add_argument("--model", default=None, help=EVAL_MODEL_HELP)
+    er.add_argument("--no-adapter", action="store_true", help=EVAL_NO_ADAPTER_HELP)
     er.add_argument("--batch-size", type=_positive_int, default=64)
     er.add_argument("--max-megapixels", type=_megapixels, metavar="N", help=MAX_MEGAPIXELS_HELP)
     er.add_argument("--json", action="store_true")
     ez = esub.add_parser("zeroshot", parents=[common], help="top-1/top-5 accuracy on a folder-per-class tree")
     ez.add_argument("dir", metavar="DIR")
-    ez.add_argument("--model", default="lite")
+    ez.add_argument("--model", default=None, help=EVAL_MODEL_HELP)
+    ez.add_argument("--no-adapter", action="store_true", help=EVAL_NO_ADAPTER_HELP)
     ez.add_argument("--templates", action="append", default=None,
                     help="template set(s) to compare (repeatable; default: none, photo, simple, openai)")
     ez.add_argument("--depth", type=_positive_int, default=1, help="folder depth that names the class (default 1)")

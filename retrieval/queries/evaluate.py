@@ -25,6 +25,7 @@ from imgrag.retrieval.paths import display
 
 if TYPE_CHECKING:  # pragma: no cover
     from imgrag.retrieval.embedders.base import Embedder
+    from imgrag.retrieval.tune.adapter import Adapter
 
 KS = (1, 5, 10)
 
@@ -110,7 +111,10 @@ class RetrievalReport:
 
 
 def eval_retrieval(embedder: "Embedder", images_dir: str | Path, captions_file: str | Path,
-                   batch_size: int = 64, max_pixels: int | None = None) -> RetrievalReport:
+                   batch_size: int = 64, max_pixels: int | None = None,
+                   adapter: "Adapter | None" = None) -> RetrievalReport:
+    """Text↔image recall; with ``adapter`` (an index's ``imgrag tune``) captions and images pass through it
+    as queries and classify do."""
     caps = read_captions(captions_file)
     images = sorted({p for p, _ in caps})
     missing = [p for p in images if not (Path(images_dir) / p).is_file()]
@@ -122,6 +126,8 @@ def eval_retrieval(embedder: "Embedder", images_dir: str | Path, captions_file: 
     col = {p: i for i, p in enumerate(images)}
     caps = [(p, c) for p, c in caps if p in col]
     tv = embedder.embed_texts([c for _, c in caps])
+    if adapter is not None:
+        tv, iv = adapter.apply_text(tv), adapter.apply_image(iv)
     sims = tv @ iv.T  # (captions, images)
     t2i = recall_at_k(sims, [{col[p]} for p, _ in caps])
     caps_of: dict[int, set[int]] = defaultdict(set)
@@ -190,9 +196,11 @@ class ZeroShotRun:
 
 def eval_zeroshot(embedder: "Embedder", root: str | Path, template_sets: Sequence[str] = ("none", "photo", "simple", "openai"),
                   depth: int = 1, limit_per_class: int | None = None, batch_size: int = 64,
-                  max_pixels: int | None = None, calibration: str | None = "auto") -> ZeroShotRun:
+                  max_pixels: int | None = None, calibration: str | None = "auto",
+                  adapter: "Adapter | None" = None) -> ZeroShotRun:
     """Top-1/top-5 per template set; with calibration (queries/calibration.py) fitted on the evaluated
-    images themselves (the collection being classified), beside the raw figures."""
+    images themselves (the collection being classified), beside the raw figures. With ``adapter`` the
+    class vectors pass through it as in ``imgrag classify``."""
     from imgrag.retrieval.queries.calibration import fit, resolve_method
     from imgrag.retrieval.queries.classify import class_vectors, load_templates
 
@@ -201,10 +209,14 @@ def eval_zeroshot(embedder: "Embedder", root: str | Path, template_sets: Sequenc
     classes, paths, targets = folder_dataset(root, depth, limit_per_class)
     labels = [class_words(c) for c in classes]
     iv, ok, skipped = embed_readable_files(embedder, paths, batch_size, max_pixels=max_pixels)
+    if adapter is not None:
+        iv = adapter.apply_image(iv)
     y = np.asarray([targets[i] for i in ok])
     reports = []
     for ts in template_sets:
         w = class_vectors(embedder, labels, load_templates(ts))
+        if adapter is not None:
+            w = adapter.apply_text(w)
         sims = iv @ w.T
         raw_order = np.argsort(-sims, axis=1, kind="stable")
         c = fit(method, sims, embedder.logit_scale)
@@ -236,22 +248,49 @@ def _skipped_json(skipped: list[tuple[str, str]]) -> list[dict[str, str]]:
 
 
 # --- CLI ------------------------------------------------------------------------------------------------
-def run_cli(args) -> int:
+def _model_and_adapter(args) -> tuple["Embedder", str, "Adapter | None", dict]:
+    """``--model`` alone: that model, no adapter. ``--index DIR``: the index's model and its tuned adapter
+    (``--no-adapter`` leaves it out, to compare)."""
     from imgrag.retrieval.embedders import load_embedder
 
-    emb = load_embedder(args.model, device=args.device, precision=args.precision, batch_size=args.batch_size)
+    if not getattr(args, "index", None):
+        if getattr(args, "no_adapter", False):
+            raise ImgragError("--no-adapter needs --index DIR (an adapter lives in an index)")
+        model = args.model or "lite"
+        return (load_embedder(model, device=args.device, precision=args.precision, batch_size=args.batch_size),
+                model, None, {})
+    from imgrag.retrieval.index import Index
+    from imgrag.retrieval.tune import load_adapter
+
+    index = Index.open(args.index, device=args.device, precision=args.precision)
+    model = index.manifest.model
+    if args.model and args.model != model:
+        raise ImgragError(f"index {args.index} was built with model {model!r}, not {args.model!r}; drop --model "
+                          "(with --index the index's model is evaluated)")
+    adapter = None if getattr(args, "no_adapter", False) else load_adapter(index)
+    return index.embedder, model, adapter, {"index": str(args.index), "adapter": adapter is not None}
+
+
+def _adapter_note(extra: dict) -> str:
+    if not extra:
+        return ""
+    return f" (index {extra['index']}, {'tuned adapter' if extra['adapter'] else 'no adapter'})"
+
+
+def run_cli(args) -> int:
+    emb, model, adapter, extra = _model_and_adapter(args)
     from imgrag.retrieval.imageio import pixel_limit
 
     max_pixels = pixel_limit(getattr(args, "max_megapixels", None))
     if args.eval_kind == "retrieval":
-        r = eval_retrieval(emb, args.images, args.captions, args.batch_size, max_pixels=max_pixels)
+        r = eval_retrieval(emb, args.images, args.captions, args.batch_size, max_pixels=max_pixels, adapter=adapter)
         if args.json:
-            print(json.dumps({"model": args.model, "images": r.images, "captions": r.captions,
+            print(json.dumps({"model": model, **extra, "images": r.images, "captions": r.captions,
                               "text_to_image": {f"R@{k}": v for k, v in r.text_to_image.items()},
                               "image_to_text": {f"R@{k}": v for k, v in r.image_to_text.items()},
                               "skipped": len(r.skipped), "unreadable": _skipped_json(r.skipped)}, indent=2))
         else:
-            print(f"model {args.model}: {r.images} images, {r.captions} captions")
+            print(f"model {model}{_adapter_note(extra)}: {r.images} images, {r.captions} captions")
             _print_skipped(r.skipped)
             print(f"{'':14}" + "".join(f"{'R@' + str(k):>8}" for k in KS))
             for name, d in (("text→image", r.text_to_image), ("image→text", r.image_to_text)):
@@ -259,13 +298,13 @@ def run_cli(args) -> int:
         return 0
     sets = args.templates or ["none", "photo", "simple", "openai"]
     run = eval_zeroshot(emb, args.dir, sets, args.depth, args.limit_per_class, args.batch_size, max_pixels=max_pixels,
-                        calibration=getattr(args, "calibration", "auto"))
+                        calibration=getattr(args, "calibration", "auto"), adapter=adapter)
     n, reps = run.images, run.reports
     if args.json:
-        print(json.dumps({"model": args.model, "images": n, "skipped": len(run.skipped),
+        print(json.dumps({"model": model, **extra, "images": n, "skipped": len(run.skipped),
                           "unreadable": _skipped_json(run.skipped), "results": [r.__dict__ for r in reps]}, indent=2))
         return 0
-    print(f"model {args.model}: {n} images, {len(reps[0].per_class)} classes")
+    print(f"model {model}{_adapter_note(extra)}: {n} images, {len(reps[0].per_class)} classes")
     _print_skipped(run.skipped)
     calibrated = any(r.calibration != "none" for r in reps)
     print(f"{'templates':<10}{'top-1':>8}{'top-5':>8}" + (f"{'raw top-1':>11}{'raw top-5':>11}" if calibrated else ""))
