@@ -7,7 +7,16 @@ sent and those dropped (with the reason in ``notes``).
 
 Hallucination guard: when the best retrieval score is below ``min_score`` (default per embedding model
 family, :func:`default_min_score`) no generator is called and the answer says the collection does not
-seem to contain the answer.
+seem to contain the answer. A keyword hit in page/OCR text lifts the guard only when that text holds most
+of the question's *content* words (:func:`~imgrag.retrieval.queries.grounding.keyword_evidence`): a page
+that merely contains "what" or "the" is not evidence. A text-only generator is not called either when no
+sent image's text evidence holds at least half of the question's content words (it could only guess).
+
+Grounding (``grounding=``, :mod:`imgrag.retrieval.queries.grounding`): each sentence of the answer is traced to
+the question or to the text evidence of the image it cites. ``drop`` (default for text-only generators)
+removes unsupported sentences and, when none is left, answers with the cited image's evidence itself
+(extractive); ``mark`` (default for generators that see pixels, which may describe what no text says)
+streams sentence by sentence and marks unsupported ones ``[unverified]``; ``off`` passes the text as is.
 """
 
 from __future__ import annotations
@@ -15,14 +24,15 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
 from typing import TYPE_CHECKING, Any, Iterator
 
 from imgrag.retrieval.embedders import model_defaults
 from imgrag.retrieval.errors import BadQueryError
 from imgrag.retrieval.generators.base import EvidenceItem, Generator
-from imgrag.retrieval.generators.prompt import parse_citations, says_not_shown
-from imgrag.retrieval.paths import display, to_fs
+from imgrag.retrieval.generators.prompt import NOT_SHOWN, parse_citations, says_not_shown
+from imgrag.retrieval.queries import grounding as gr
+from imgrag.retrieval.paths import to_fs
+from imgrag.retrieval.queries.evidence import exif_text, item_facts  # noqa: F401 - exif_text re-exported
 from imgrag.retrieval.stores.base import Filters, Hit
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -57,6 +67,8 @@ class AnswerResult:
     best_score: float | None
     notes: list[str] = field(default_factory=list)
     min_score: float | None = None
+    grounding: str = "off"  # the grounding mode applied (drop / mark / off)
+    unsupported: list[str] = field(default_factory=list)  # sentences dropped or marked by the grounding check
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -65,6 +77,12 @@ class AnswerResult:
 
 NO_ANSWER_TEXT = ("The collection does not seem to contain images that answer this question "
                   "(best match {best} is below the relevance threshold {thr}).")
+NO_EVIDENCE_TEXT = ("The collection does not seem to contain images that answer this question (the text evidence "
+                    "of the retrieved images does not mention {words}, and {gen} reads only that text).")
+GROUNDING_MODES = ("auto", "drop", "mark", "off")
+#: Share of the question's content words (rounded up) that some sent image's text evidence must hold before
+#: a text-only generator is asked (it reads nothing else, so without them it can only guess).
+TEXT_EVIDENCE_SHARE = 0.5
 
 
 def default_min_score(model_id: str) -> float:
@@ -82,7 +100,8 @@ class AnswerStream:
 
     def __init__(self, question: str, generator: Generator | None, generator_name: str, text_only: bool,
                  items: list[EvidenceItem], dropped: list[Citation], notes: list[str],
-                 best_score: float | None, min_score: float | None, no_answer: bool) -> None:
+                 best_score: float | None, min_score: float | None, no_answer: bool, grounding: str = "off",
+                 refusal: str | None = None) -> None:
         self.question = question
         self.generator = generator
         self.generator_name = generator_name
@@ -94,6 +113,9 @@ class AnswerStream:
         self.best_score = best_score
         self.min_score = min_score
         self.no_answer = no_answer
+        self.grounding = grounding
+        self.refusal = refusal
+        self.unsupported: list[str] = []
         self.result: AnswerResult | None = None
         self._started = False
 
@@ -113,17 +135,31 @@ class AnswerStream:
     def _run(self) -> Iterator[str]:
         notes = list(self.notes)
         if self.no_answer:
-            text = NO_ANSWER_TEXT.format(best="none" if self.best_score is None else f"{self.best_score:.3f}",
-                                         thr=f"{self.min_score:.3f}")
+            text = self.refusal or NO_ANSWER_TEXT.format(
+                best="none" if self.best_score is None else f"{self.best_score:.3f}", thr=f"{self.min_score:.3f}")
             yield text
             self.result = self._finish(text, [], notes)
             return
         chunks: list[str] = []
-        for chunk in self.generator.stream(self.question, self.items):
-            if chunk:
-                chunks.append(chunk)
-                yield chunk
-        text = "".join(chunks).strip()
+        if self.grounding == "drop":  # checked before it is shown: a short text-only answer, sent whole
+            text = self._grounded_drop("".join(c for c in self.generator.stream(self.question, self.items) if c),
+                                       notes)
+            yield text
+        else:
+            stream = self.generator.stream(self.question, self.items)
+            removed: list[gr.SentenceCheck] = []
+            if self.grounding == "mark":
+                stream = gr.checked_stream(stream, self.question, {it.n: it.facts for it in self.items}, removed)
+            for chunk in stream:
+                if chunk:
+                    chunks.append(chunk)
+                    yield chunk
+            text = "".join(chunks).strip()
+            if removed:
+                self.unsupported = [c.text for c in removed]
+                notes.append(f"{len(removed)} sentence(s) marked {gr.MARK.strip()}: they use words found neither in the "
+                             f"question nor in the text evidence of the image they cite ({_novel(removed)}); a model "
+                             "that sees the pixels may still be right, check the image")
         valid = {it.n for it in self.items}
         cited = parse_citations(text, valid)
         invalid = [n for n in parse_citations(text) if n not in valid]
@@ -142,12 +178,46 @@ class AnswerStream:
                 notes.append("the answer cites no image")
         self.result = self._finish(text, cited, notes)
 
+    def _grounded_drop(self, raw: str, notes: list[str]) -> str:
+        """``raw`` without its unsupported sentences; when none is left, an extractive answer from the evidence
+        of the image it cites (or the rule's choice)."""
+        raw = raw.strip()
+        facts = {it.n: it.facts for it in self.items}
+        if not raw or says_not_shown(raw):
+            return raw or NOT_SHOWN
+        cited = parse_citations(raw, set(facts)) or [grounding_fallback(raw, self.items)]
+        g = gr.ground(raw, self.question, facts, mode="drop", default=cited)
+        if g.all_supported:
+            return raw
+        self.unsupported = [c.text for c in g.removed]
+        what = "; ".join(repr(_clip(c.text)) for c in g.removed)
+        if gr.split_preamble(g.text)[1].strip():
+            notes.append(f"dropped {len(g.removed)} unsupported sentence(s) of {self.generator_name}: {what} "
+                         f"(words in neither the question nor the image's text evidence: {_novel(g.removed)})")
+            return g.text
+        n = cited[0]
+        notes.append(f"{self.generator_name} wrote {what}, which its text evidence does not support (words in neither "
+                     f"the question nor the evidence of [{n}]: {_novel(g.removed)}); answered with that evidence "
+                     "instead (extractive)")
+        return gr.extractive_answer(self.question, n, facts[n])
+
     def _finish(self, text: str, cited: list[int], notes: list[str]) -> AnswerResult:
         by_n = {it.n: it for it in self.items}
         return AnswerResult(question=self.question, text=text, citations=[_cite(by_n[n]) for n in cited],
                             sent=list(self.sent), dropped=list(self.dropped), generator=self.generator_name,
                             text_only=self.text_only, no_answer=self.no_answer, best_score=self.best_score,
-                            notes=notes, min_score=self.min_score)
+                            notes=notes, min_score=self.min_score, grounding=self.grounding,
+                            unsupported=list(self.unsupported))
+
+
+def _clip(text: str, n: int = 160) -> str:
+    t = "".join(ch if ch.isprintable() else " " for ch in " ".join(str(text).split()))
+    return t if len(t) <= n else t[: n - 1] + "…"
+
+
+def _novel(checks: list[gr.SentenceCheck]) -> str:
+    words = sorted({w for c in checks for w in c.novel})
+    return ", ".join(words[:12]) + (" …" if len(words) > 12 else "")
 
 
 def _cite(it: EvidenceItem) -> Citation:
@@ -170,7 +240,7 @@ def grounding_fallback(text: str, items: list[EvidenceItem]) -> int:
 
 def answer(index: "Index", question: str, *, k: int = 8, max_images: int = 4, generator: "str | Generator | None" = None,
            min_score: float | None = None, filters: Filters | None = None, rerank: bool = False,
-           crops: bool = True) -> AnswerStream:
+           crops: bool = True, grounding: str = "auto") -> AnswerStream:
     """Answer ``question`` from the images in ``index``; see the module docstring.
 
     ``generator``: a spec (``smollm2``, ``hf:ID_OR_DIR``, ``anthropic:MODEL``, ``openai:MODEL``; None →
@@ -179,7 +249,8 @@ def answer(index: "Index", question: str, *, k: int = 8, max_images: int = 4, ge
     a lexical cross-check of the question against each image's text evidence before choosing.
        ``crops``: document pages sent to a generator that sees pixels and takes several images get a
     high-resolution crop of the region holding the question's words, within the same image budget
-    (:func:`add_page_crops`).
+    (:func:`add_page_crops`). ``grounding``: ``auto`` (``drop`` for text-only generators, ``mark`` for the
+    others), ``drop``, ``mark`` or ``off``; see the module docstring.
     """
     from imgrag.retrieval.generators import load_generator
     from imgrag.retrieval.queries.search import Term, search
@@ -191,7 +262,10 @@ def answer(index: "Index", question: str, *, k: int = 8, max_images: int = 4, ge
         raise BadQueryError(f"k must be at least 1, got {k}")
     if max_images < 1:
         raise BadQueryError(f"max_images must be at least 1, got {max_images}")
+    if grounding not in GROUNDING_MODES:
+        raise BadQueryError(f"grounding must be one of {', '.join(GROUNDING_MODES)}, got {grounding!r}")
     gen = generator if isinstance(generator, Generator) else load_generator(generator)
+    mode = ("drop" if gen.text_only else "mark") if grounding == "auto" else grounding
     thr = float(min_score) if min_score is not None else default_min_score(index.manifest.model)
 
     hits = search(index, [Term("text", q, 1.0)], k=k, filters=filters)
@@ -201,17 +275,23 @@ def answer(index: "Index", question: str, *, k: int = 8, max_images: int = 4, ge
     if index.store.has_text():  # document pages / OCR'd images: fuse in keyword matches on their text
         from imgrag.retrieval.queries.hybrid import fuse
 
-        txt = index.store.text_search(q, k, filters=filters)
+        found = index.store.text_search(q, k, filters=filters)
+        # evidence only where the text holds the question's content words, not just "what", "is", "the"
+        txt = [h for h in found if gr.keyword_evidence(q, _text_of(index, h))]
+        if len(txt) < len(found):
+            notes.append(f"{len(found) - len(txt)} keyword match(es) in page/OCR text hold too few of the question's "
+                         "content words; not used as evidence")
         if txt:
-            keyword_hits = True  # the question's words occur in the collection: not a "no answer" case
+            keyword_hits = True  # the question's subject occurs in the collection's text: not a "no answer" case
             hits = fuse(index, hits, txt)[:k]  # the model's hybrid defaults; scores become fused RRF scores
             notes.append("retrieval fused image similarity with keyword matches in page/OCR text (hybrid)")
     if not keyword_hits and (best is None or best < thr):
         items = []
         dropped = [Citation(i + 1, h.id, h.path, float(h.score), h.row.get("page")) for i, h in enumerate(hits)]
-        return AnswerStream(q, gen, gen.name, gen.text_only, items, dropped, notes, best, thr, no_answer=True)
+        return AnswerStream(q, gen, gen.name, gen.text_only, items, dropped, notes, best, thr, no_answer=True,
+                            grounding=mode)
 
-    facts = [_facts(index, h, q) for h in hits]
+    facts = [item_facts(index, h, q) for h in hits]
     order = list(range(len(hits)))
     if rerank:
         order = rerank_order(q, hits, facts)
@@ -244,7 +324,13 @@ def answer(index: "Index", question: str, *, k: int = 8, max_images: int = 4, ge
     for p in unreadable:
         notes.append(f"could not read {p} (moved or deleted since indexing?); not sent")
     if not items:
-        return AnswerStream(q, gen, gen.name, gen.text_only, [], dropped, notes, best, thr, no_answer=True)
+        return AnswerStream(q, gen, gen.name, gen.text_only, [], dropped, notes, best, thr, no_answer=True,
+                            grounding=mode)
+    missing = _uncovered(q, items) if gen.text_only and mode != "off" else None
+    if missing:  # nothing it can read mentions the question's subject: a text-only model could only guess
+        dropped = [_cite(it) for it in items] + dropped
+        return AnswerStream(q, gen, gen.name, gen.text_only, [], dropped, notes, best, thr, no_answer=True,
+                            grounding=mode, refusal=NO_EVIDENCE_TEXT.format(words=missing, gen=gen.name))
     if not gen.text_only and crops and cap >= 2:
         add_page_crops(q, items, dropped, hits, cap, gen, notes)
     if gen.text_only:
@@ -252,7 +338,32 @@ def answer(index: "Index", question: str, *, k: int = 8, max_images: int = 4, ge
     rule = getattr(gen, "citation_rule", None)
     if rule:
         notes.append(f"{gen.name}: {rule}")
-    return AnswerStream(q, gen, gen.name, gen.text_only, items, dropped, notes, best, thr, no_answer=False)
+    return AnswerStream(q, gen, gen.name, gen.text_only, items, dropped, notes, best, thr, no_answer=False,
+                        grounding=mode)
+
+
+def _uncovered(question: str, items: list[EvidenceItem]) -> str | None:
+    """None when some item's text evidence holds at least TEXT_EVIDENCE_SHARE of the question's content words
+    (or the question has none); else those words, quoted, for the refusal."""
+    import math
+
+    qt = gr.question_terms(question)
+    if not qt:
+        return None
+    need = max(1, math.ceil(TEXT_EVIDENCE_SHARE * len(qt) - 1e-9))
+    if max(len(gr.shared_terms(question, it.facts)) for it in items) >= need:
+        return None
+    return ", ".join(f'"{w}"' for w in gr.question_words(question))
+
+
+def _text_of(index: "Index", h: Hit) -> str:
+    if "text" in h.row:
+        return str(h.row.get("text") or "")
+    try:
+        got = index.store.get([h.id], columns=["id", "text"])
+        return str(got["text"][0].as_py() or "") if got.num_rows else ""
+    except Exception:  # noqa: BLE001 - no text, no keyword evidence
+        return ""
 
 
 def add_page_crops(question: str, items: list[EvidenceItem], dropped: list[Citation], hits: list[Hit], cap: int,
@@ -325,92 +436,6 @@ def rerank_order(question: str, hits: list[Hit], facts: list[dict[str, str]]) ->
         return float(hits[i].score) + RERANK_WEIGHT * len(qw & fw) / len(qw)
 
     return sorted(range(len(hits)), key=lambda i: -key(i))
-
-
-def _facts(index: "Index", h: Hit, question: str = "") -> dict[str, str]:
-    """Text evidence about a hit (all of it untrusted data from the file)."""
-    row = h.row
-    f: dict[str, str] = {"file": display(os.path.basename(h.path))}
-    parent = display(os.path.basename(os.path.dirname(h.path)))
-    if parent:
-        f["folder"] = parent
-    if row.get("page") is not None:
-        f["page"] = str(row["page"])
-    t = row.get("taken_at")
-    if t is not None:
-        f["taken"] = t.isoformat(sep=" ", timespec="minutes") if isinstance(t, datetime) else str(t)
-    if row.get("width") and row.get("height"):
-        f["size"] = f"{row['width']}x{row['height']}"
-    if row.get("label"):
-        f["label"] = str(row["label"])
-    labels = _class_labels(index, h)
-    if labels:
-        f["looks like"] = labels
-    if row.get("page") is None:
-        comment = exif_text(h.path)
-        if comment:
-            f["exif comment"] = comment
-    if row.get("text"):
-        if row.get("page") is not None:  # a document page: the passage around the question's words
-            from imgrag.retrieval.textsearch import snippet
-
-            f["page text"] = snippet(str(row["text"]), question, width=560)[0] if question else str(row["text"])
-        else:
-            f["text in image"] = str(row["text"])
-    return f
-
-
-_EXIF_TEXT_TAGS = {0x010E: "description", 0x9286: "user comment", 0x9C9C: "comment", 0x9C9F: "subject"}
-
-
-def exif_text(path: str, limit: int = 400) -> str | None:
-    """ImageDescription / UserComment / XPComment / XPSubject from the file's EXIF (header only, no
-    pixel decoding); None when absent or unreadable. Untrusted data like every other fact."""
-    try:
-        import warnings
-
-        from PIL import Image
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with Image.open(to_fs(path)) as img:
-                exif = img.getexif()
-                vals = [exif.get(t) for t in (0x010E, 0x9C9C, 0x9C9F)]
-                vals.append(exif.get_ifd(0x8769).get(0x9286))
-    except Exception:  # noqa: BLE001 - unreadable EXIF means "no comment"
-        return None
-    out = []
-    for v in vals:
-        if isinstance(v, bytes):
-            if v[:8] in (b"ASCII\0\0\0", b"UNICODE\0", b"\0" * 8):  # UserComment's 8-byte charset prefix
-                enc = "utf-16" if v[:8] == b"UNICODE\0" else "latin-1"
-                v = v[8:].decode(enc, errors="replace")
-            else:
-                v = v.decode("utf-16-le" if len(v) % 2 == 0 and b"\0" in v else "utf-8", errors="replace")
-        if v:
-            v = str(v).strip("\x00 ").strip()
-            if v and v not in out:
-                out.append(v)
-    text = " | ".join(out)
-    return text[:limit] or None
-
-
-def _class_labels(index: "Index", h: Hit, top: int = 3) -> str | None:
-    """The known classes nearest the stored vector (what the image looks like), for embedders with a class
-    vocabulary (``defaults(spec).class_names``); None otherwise, or when they cannot be had."""
-    if not model_defaults(index.manifest.model).class_names:
-        return None  # without touching index.embedder: building one may import its model library
-    try:
-        import numpy as np
-
-        got = index.store.get([h.id], columns=["id", "vector"])
-        if not got.num_rows:
-            return None
-        v = np.asarray(got["vector"][0].as_py(), dtype=np.float32)
-        return ", ".join(index.embedder.nearest_class_names(v, top)) or None
-    except Exception as e:  # noqa: BLE001 - labels are a nicety; the answer still works without them
-        log.debug("class labels unavailable: %s", e)
-        return None
 
 
 def _load_image(h: Hit, size: int | None) -> "Image.Image | None":
