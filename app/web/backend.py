@@ -99,14 +99,15 @@ def parse_date(s: str | None, what: str) -> datetime | None:
 
 
 def make_filters(path_glob: str | None = None, after: str | None = None, before: str | None = None,
-                 label: str | None = None) -> "Filters | None":
+                 label: str | None = None, kind: str | None = None) -> "Filters | None":
+    """Filters from the UI's fields; ``kind`` is "photo", "page" or empty/"all" (both)."""
     from imgrag.retrieval.stores.base import Filters
 
     a, b = parse_date(after, "after"), parse_date(before, "before")
     if a and b and a > b:
         raise BadQueryError("the 'after' date is later than the 'before' date")
     f = Filters(path_glob=(path_glob or "").strip() or None, taken_after=a, taken_before=b,
-                label=(label or "").strip() or None)
+                label=(label or "").strip() or None, kind=None if kind in (None, "", "all") else kind)
     return None if f.is_empty() else f
 
 
@@ -245,13 +246,13 @@ class Backend:
 
     def search_text(self, query: str, k: int = 12, path_glob: str = "", after: str = "", before: str = "",
                     min_score: float | None = None, sort_by_date: bool = False,
-                    label: str = "") -> list[ResultItem]:
+                    label: str = "", kind: str = "") -> list[ResultItem]:
         from imgrag.retrieval.queries.search import search
 
         if not (query or "").strip():
             raise BadQueryError("type what you are looking for, e.g. 'a dog on a beach'")
         k = self._check_k(k)
-        filters = make_filters(path_glob, after, before, label)
+        filters = make_filters(path_glob, after, before, label, kind)
         terms = self._terms(query)
         self.embedder()
         plain = len(terms) == 1 and terms[0].kind == "text" and terms[0].weight == 1.0
@@ -267,7 +268,8 @@ class Backend:
         return self._items(hits)
 
     def more_like(self, item_id: str, k: int = 12, path_glob: str = "", after: str = "", before: str = "",
-                  min_score: float | None = None, sort_by_date: bool = False) -> list[ResultItem]:
+                  min_score: float | None = None, sort_by_date: bool = False, label: str = "",
+                  kind: str = "") -> list[ResultItem]:
         """Image → image search from an indexed item's stored vector (the item itself excluded)."""
         import numpy as np
 
@@ -278,7 +280,7 @@ class Backend:
         if t.num_rows == 0:
             raise BadQueryError("that result is no longer in the index; search again")
         vec = np.asarray(t["vector"][0].as_py(), dtype=np.float32)
-        hits = search(self.index(), vec, k=k, filters=make_filters(path_glob, after, before),
+        hits = search(self.index(), vec, k=k, filters=make_filters(path_glob, after, before, label, kind),
                       min_score=min_score, exclude_ids=[item_id], sort_by_date=sort_by_date)
         return self._items(hits)
 

@@ -17,6 +17,7 @@ from imgrag.app.web.backend import Backend, display_name
 from imgrag.app.web.files import NotServable
 from imgrag.app.web.html import (classify_table_html, detail_html, error_text, esc, gallery_value, generator_html,
                                  info_html, job_html, matches_html, notes_html, skipped_html, status_html)
+from imgrag.app.web.viewer import cut, data_html, link_citations
 from imgrag.retrieval.errors import ImgragError
 
 
@@ -59,7 +60,7 @@ class _Shared:
     upload: Any  # the UploadImage component class
     max_k: int
     results: Any  # gr.State: the last results as dicts (Search, Search by image → Classify)
-    selected: Any  # gr.State: the id of the selected result (More like this)
+    selected: Any  # hidden gr.Textbox "selected-id": the item last opened in the viewer (page and server agree)
     timer: Any  # gr.Timer: polls a running background job
 
 
@@ -92,17 +93,22 @@ def build_blocks(backend: Backend):
         gr.HTML("<h2 style='margin:0'>imgrag</h2><div>Search, classify and ask about your images — "
                 f"index <code>{esc(backend.root)}</code></div>")
         sh = _Shared(backend=backend, upload=_upload_component(), max_k=min(100, backend.config.max_k),
-                     results=gr.State([]), selected=gr.State(None), timer=gr.Timer(1.0, active=False))
-        _search_tab(sh)
+                     results=gr.State([]), timer=gr.Timer(1.0, active=False),
+                     selected=gr.Textbox("", visible="hidden", elem_id="selected-id", label="selected"))
+        welcome = _search_tab(sh)
         _image_tab(sh)
         cls = _classify_tab(sh, "\n".join(load_templates("simple")))
         _ask_tab(sh)
         idx = _index_tab(sh, demo)
         _job_wiring(sh, demo, cls, idx)
+        from imgrag.app.web.collection import first_screen
+
+        demo.load(lambda: first_screen(backend), None, [welcome], api_name=False)
     return demo
 
 
-def _search_tab(sh: _Shared) -> None:
+def _search_tab(sh: _Shared):
+    """The Search tab; returns its first-screen block (filled on page load)."""
     import gradio as gr
 
     backend = sh.backend
@@ -123,49 +129,66 @@ def _search_tab(sh: _Shared) -> None:
                 glob = gr.Textbox(label="Path glob", placeholder="*/2019/*  or  *.png", elem_id="search-glob")
                 after = gr.Textbox(label="Taken on or after", placeholder="YYYY-MM-DD", elem_id="search-after")
                 before = gr.Textbox(label="Taken on or before", placeholder="YYYY-MM-DD", elem_id="search-before")
+            with gr.Row():
+                label = gr.Textbox(label="Label", placeholder="a label written by Classify", elem_id="search-label")
+                kind = gr.Radio([("All", "all"), ("Photos", "photo"), ("Document pages", "page")], value="all",
+                                label="Type", elem_id="search-kind")
         search_status = gr.HTML(status_html(), elem_id="search-status")
+        welcome = gr.HTML("", elem_id="search-welcome")
         gallery = gr.Gallery(label="Results", columns=4, height="auto", object_fit="contain",
-                             allow_preview=False, elem_id="search-gallery")
+                             allow_preview=False, elem_id="search-gallery", elem_classes=["imgrag-viewable"])
+        data = gr.HTML(data_html("search-gallery", []), elem_classes=["imgrag-datablock"], container=False)
         matches = gr.HTML("", elem_id="search-matches")
         with gr.Row():
             detail = gr.HTML(detail_html(None), elem_id="search-detail")
             more_btn = gr.Button("More like this", elem_id="more-like-this", scale=0)
 
-    def run_search(query, k_, cut, sort_, glob_, after_, before_):
+    def run_search(query, k_, cut_, sort_, glob_, after_, before_, label_, kind_):
+        # every answer clears the selection (the hidden textbox the page and server share) and the viewer's data
         try:
-            items = backend.search_text(query, int(k_), glob_, after_, before_, cut if cut > 0 else None, sort_)
+            items = backend.search_text(query, int(k_), glob_, after_, before_, cut_ if cut_ > 0 else None, sort_,
+                                        label_, kind_)
         except Exception as e:  # noqa: BLE001
-            return [], [], None, detail_html(None), status_html(error_text(e), True), ""
-        msg = f"{len(items)} result(s) for {query.strip()!r}" if items else "no results (try a lower cutoff or fewer filters)"
+            return ([], [], "", detail_html(None), status_html(error_text(e), True), "",
+                    data_html("search-gallery", []), gr.skip())
+        msg = (f"{len(items)} result(s) for {cut(query.strip())!r}" if items
+               else "no results (try a lower cutoff or fewer filters)")
         dicts = [it.to_dict() for it in items]
-        return gallery_value(items), dicts, None, detail_html(None), status_html(msg), matches_html(dicts)
+        return (gallery_value(items), dicts, "", detail_html(None), status_html(msg), matches_html(dicts),
+                data_html("search-gallery", dicts), "")
 
-    search_outputs = [gallery, sh.results, sh.selected, detail, search_status, matches]
-    search_inputs = [q, k, cutoff, sort_date, glob, after, before]
+    search_outputs = [gallery, sh.results, sh.selected, detail, search_status, matches, data, welcome]
+    search_inputs = [q, k, cutoff, sort_date, glob, after, before, label, kind]
     search_btn.click(run_search, search_inputs, search_outputs, api_name="search")
     q.submit(run_search, search_inputs, search_outputs, api_name=False)
 
-    def on_select(results, evt: gr.SelectData):
-        i = evt.index if isinstance(evt.index, int) else (evt.index[0] if evt.index else None)
-        if i is None or not results or i >= len(results):
-            return None, detail_html(None)
-        return results[i]["id"], detail_html(results[i])
+    def on_select(sel, results):
+        """The selection changed (the viewer opened an item, or an answer cleared it): its details."""
+        hit = next((r for r in results or [] if r.get("id") == sel), None) if sel else None
+        return detail_html(hit) if hit else detail_html(None)
 
-    gallery.select(on_select, [sh.results], [sh.selected, detail], api_name=False)
+    sh.selected.change(on_select, [sh.selected, sh.results], [detail], api_name=False, show_progress="hidden")
 
-    def run_more(sel, k_, cut, sort_, glob_, after_, before_):
+    def run_more(sel, k_, cut_, sort_, glob_, after_, before_, label_, kind_):
         try:
             if not sel:
-                raise ImgragError("select a result first (click a thumbnail), then 'More like this'")
-            items = backend.more_like(sel, int(k_), glob_, after_, before_, cut if cut > 0 else None, sort_)
+                raise ImgragError("open a result first (click a thumbnail), then 'More like this'")
+            items = backend.more_like(sel, int(k_), glob_, after_, before_, cut_ if cut_ > 0 else None, sort_,
+                                      label_, kind_)
         except Exception as e:  # noqa: BLE001
-            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), status_html(error_text(e), True), gr.skip()
+            return (gr.skip(), gr.skip(), gr.skip(), gr.skip(), status_html(error_text(e), True), gr.skip(),
+                    gr.skip(), gr.skip())
         dicts = [it.to_dict() for it in items]
-        return (gallery_value(items), dicts, None, detail_html(None),
-                status_html(f"{len(items)} image(s) like the selected one"), matches_html(dicts))
+        return (gallery_value(items), dicts, "", detail_html(None),
+                status_html(f"{len(items)} image(s) like the selected one"), matches_html(dicts),
+                data_html("search-gallery", dicts), "")
 
-    more_btn.click(run_more, [sh.selected, k, cutoff, sort_date, glob, after, before], search_outputs,
-                   api_name="more_like_this")
+    # the viewer's "More like this" hands its item over directly (no race with the hidden textbox's update)
+    more_btn.click(run_more, [sh.selected, k, cutoff, sort_date, glob, after, before, label, kind], search_outputs,
+                   api_name="more_like_this",
+                   js="(...a) => { const p = window.imgragViewer && window.imgragViewer.takePending();"
+                      " if (p) a[0] = p; return a; }")
+    return welcome
 
 
 def _image_tab(sh: _Shared) -> None:
@@ -181,16 +204,20 @@ def _image_tab(sh: _Shared) -> None:
             with gr.Column(scale=3):
                 img_status = gr.HTML(status_html(), elem_id="image-status")
                 img_gallery = gr.Gallery(label="Nearest images", columns=4, height="auto", object_fit="contain",
-                                         allow_preview=False, elem_id="image-gallery")
+                                         allow_preview=False, elem_id="image-gallery", elem_classes=["imgrag-viewable"])
+                img_data = gr.HTML(data_html("image-gallery", []), elem_classes=["imgrag-datablock"], container=False)
 
     def run_image(path, k_):
         try:
             items = sh.backend.search_image(path, int(k_))
         except Exception as e:  # noqa: BLE001
-            return [], [], status_html(error_text(e), True)
-        return gallery_value(items), [it.to_dict() for it in items], status_html(f"{len(items)} nearest image(s)")
+            return [], [], status_html(error_text(e), True), data_html("image-gallery", []), ""
+        dicts = [it.to_dict() for it in items]
+        return (gallery_value(items), dicts, status_html(f"{len(items)} nearest image(s)"),
+                data_html("image-gallery", dicts), "")
 
-    img_btn.click(run_image, [qimg, k2], [img_gallery, sh.results, img_status], api_name="search_image")
+    img_btn.click(run_image, [qimg, k2], [img_gallery, sh.results, img_status, img_data, sh.selected],
+                  api_name="search_image")
 
 
 def _classify_tab(sh: _Shared, default_templates: str) -> _ClassifyParts:
@@ -258,7 +285,8 @@ def _ask_tab(sh: _Shared) -> None:
                 ask_status = gr.HTML(status_html(), elem_id="ask-status")
             with gr.Column(scale=2):
                 cited = gr.Gallery(label="Cited images", columns=2, height="auto", object_fit="contain",
-                                   allow_preview=False, elem_id="ask-cited")
+                                   allow_preview=False, elem_id="ask-cited", elem_classes=["imgrag-viewable"])
+                cited_data = gr.HTML(data_html("ask-cited", []), elem_classes=["imgrag-datablock"], container=False)
 
     def run_ask(question_, k_, max_):
         text = ""
@@ -266,19 +294,20 @@ def _ask_tab(sh: _Shared) -> None:
             for kind, val in backend.ask(question_, int(k_), int(max_)):
                 if kind == "chunk":
                     text += val
-                    yield text, gr.skip(), status_html("generating…"), gr.skip()
+                    yield link_citations(text), gr.skip(), status_html("generating…"), gr.skip(), gr.skip()
                 else:
                     res = val
                     notes = []
                     if res.no_answer:
                         notes.append("No image matched well enough, so no model was asked.")
                     notes += list(res.notes or [])
-                    yield (res.text, _cited_gallery(backend, res), notes_html(notes),
-                           generator_html(res.generator, res.text_only))
+                    yield (link_citations(res.text, [c.n for c in res.citations]), _cited_gallery(backend, res),
+                           notes_html(notes), generator_html(res.generator, res.text_only),
+                           data_html("ask-cited", _cited_items(backend, res)))
         except Exception as e:  # noqa: BLE001
-            yield text, gr.skip(), status_html(error_text(e), True), gr.skip()
+            yield link_citations(text), gr.skip(), status_html(error_text(e), True), gr.skip(), gr.skip()
 
-    ask_outputs = [answer_md, cited, ask_status, gen_md]
+    ask_outputs = [answer_md, cited, ask_status, gen_md, cited_data]
     # one answer generated at a time: a language model's memory is bounded, other tabs are not blocked
     ask_btn.click(run_ask, [question, ask_k, ask_max], ask_outputs, api_name="ask", concurrency_limit=1,
                   concurrency_id="ask")
@@ -296,6 +325,18 @@ def _cited_gallery(backend: Backend, res) -> list[tuple[str, str]]:
             th = str(backend.thumbs.placeholder())
         cites.append((th, f"[{c.n}] {display_name(c.path)} · {c.score:.3f}"))
     return cites
+
+
+def _cited_items(backend: Backend, res) -> list[dict]:
+    """The cited images for the viewer, in the gallery's order, with their ``[n]`` and stored metadata."""
+    out = []
+    for c in res.citations:
+        try:
+            row = backend.row(c.id)
+        except NotServable:
+            row = {"id": c.id, "path": c.path}
+        out.append(dict(row, score=c.score, n=c.n))
+    return out
 
 
 def _index_view(backend: Backend) -> tuple[str, str]:

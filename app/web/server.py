@@ -3,6 +3,7 @@
 - ``GET /imgrag/thumb?id=ID`` — a cached JPEG thumbnail of an indexed item;
 - ``GET /imgrag/image?id=ID`` — the original, only if ``ID`` is an indexed item whose file still has
   the indexed content hash. Anything else is a 404; nothing else on disk is reachable.
+- ``GET /imgrag/preview?id=ID`` — the viewer's large JPEG (a photo, or a document page rendered), same checks.
 
 Gallery thumbnails come from the thumbnail cache folder (registered as Gradio static files; it only
 ever holds thumbnails of indexed items). The page loads nothing from the network: analytics are off (see
@@ -20,8 +21,10 @@ from urllib.parse import quote
 
 from imgrag.app.web.backend import Backend, UIConfig
 from imgrag.app.web.files import NotServable
+from imgrag.app.web.collection import preview as preview_of
 from imgrag.app.web.html import CSS
 from imgrag.app.web.layout import build_blocks
+from imgrag.app.web.viewer import head_html
 from imgrag.retrieval.errors import ImgragError
 
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
@@ -77,6 +80,19 @@ def create_app(backend: Backend, auth: tuple[str, str] | None = None):
         return FileResponse(p, media_type="image/jpeg", headers={"X-Content-Type-Options": "nosniff",
                                                                  "Cache-Control": "private, max-age=3600"})
 
+    @app.get("/imgrag/preview")
+    def preview(request: Request, id: str = ""):  # noqa: A002 - the viewer's large image (photo or document page)
+        if not logged_in(request):
+            return refused(401, "login required")
+        try:
+            p = preview_of(backend, id)
+        except NotServable:
+            return refused()
+        except ImgragError as e:
+            return refused(503, str(e))
+        return FileResponse(p, media_type="image/jpeg", headers={"X-Content-Type-Options": "nosniff",
+                                                                 "Cache-Control": "private, max-age=3600"})
+
     @app.get("/imgrag/health")
     def health():
         return {"ok": True, "index": str(backend.root), "job": backend.jobs.status.to_dict()}
@@ -89,7 +105,7 @@ def create_app(backend: Backend, auth: tuple[str, str] | None = None):
     import inspect
 
     opts = dict(auth=auth, footer_links=["api", "settings"], run_history=False,
-                max_file_size=backend.config.max_upload_bytes, theme=theme, css=CSS, allowed_paths=[],
+                max_file_size=backend.config.max_upload_bytes, theme=theme, css=CSS, head=head_html(), allowed_paths=[],
                 show_error=True, ssr_mode=False, mcp_server=False)
     accepted = inspect.signature(gr.mount_gradio_app).parameters
     app = gr.mount_gradio_app(app, demo, path="/", **{k: v for k, v in opts.items() if k in accepted})

@@ -142,6 +142,11 @@ class Filters:
     min_bytes: int | None = None
     max_bytes: int | None = None
     label: str | None = None
+    kind: str | None = None  # "photo" (a whole image file) or "page" (a document page); None: both
+
+    def __post_init__(self) -> None:
+        if self.kind not in (None, "photo", "page"):
+            raise ValueError(f"kind must be 'photo' or 'page', not {self.kind!r}")
 
     def is_empty(self) -> bool:
         return all(v is None for v in self.__dict__.values())
@@ -161,6 +166,8 @@ class Filters:
                 parts.append(f"{col} {op} {int(val)}")
         if self.label is not None:
             parts.append("label = '" + self.label.replace("'", "''") + "'")
+        if self.kind is not None:
+            parts.append("page IS NULL" if self.kind == "photo" else "page IS NOT NULL")
         return " AND ".join(parts) if parts else None
 
     def mask(self, table: pa.Table) -> np.ndarray:
@@ -187,6 +194,9 @@ class Filters:
                 m &= cmp(col, fn, val)
         if self.label is not None:
             m &= cmp("label", pc.equal, self.label)
+        if self.kind is not None:
+            nulls = np.asarray(pc.is_null(table["page"]))
+            m &= nulls if self.kind == "photo" else ~nulls
         return m
 
 
