@@ -25,7 +25,7 @@ import numpy as np
 from imgrag.indexer.commit import LocalCommitter, SkipLog
 from imgrag.indexer.decode import DEFAULT_MAX_PIXELS, DecodeDataset
 from imgrag.indexer.documents import DocTracker, PageOptions, plan_documents
-from imgrag.indexer.lease import writer_lock
+from imgrag.retrieval.locking import writer_lock
 from imgrag.indexer.loader import CRASH_REASON, decoded_batches, default_workers
 from imgrag.indexer.plan import make_plan, reuse_sources
 from imgrag.indexer.report import IndexReport, Progress
@@ -85,7 +85,7 @@ def build_index(index: Index, roots: Iterable[str | Path], options: IndexOptions
     opts.validate()
     roots_n = normalize_roots(roots)
     check_roots(roots_n)
-    with writer_lock(index.root):  # flock locally, a lease object on s3:// etc.
+    with writer_lock(index.root, outer=True):  # a kernel lock locally, a lease object on s3:// etc.
         for line in index.collect_garbage():  # older generations, drafts of other rebuilds
             log.warning(line)
         rep = _run(index, roots_n, opts, progress)

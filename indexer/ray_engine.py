@@ -45,7 +45,7 @@ import numpy as np
 
 from imgrag.indexer.commit import SkipLog
 from imgrag.indexer.decode import DEFAULT_MAX_PIXELS
-from imgrag.indexer.lease import writer_lock
+from imgrag.retrieval.locking import writer_lock
 from imgrag.indexer.plan import Plan, make_plan
 from imgrag.indexer.ray_stages import EmbedActor, decode_batch, write_batch
 from imgrag.indexer.report import IndexReport, Progress
@@ -121,7 +121,7 @@ def build_index_ray(index: Index, sources: Iterable[str | Path], options: RayOpt
     sources = list(sources)
     if not sources:
         raise ImgragError("give at least one folder or object-storage prefix to index")
-    with writer_lock(index.root) as guard:
+    with writer_lock(index.root, outer=True) as guard:
         for line in index.collect_garbage():  # older generations, drafts of other rebuilds
             log.warning(line)
         if not ray.is_initialized():

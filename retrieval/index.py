@@ -7,8 +7,8 @@ Layout of ``<index>/``::
     skipped.jsonl    files that could not be indexed, with reasons (rewritten atomically)
     gen-<id>/        instead of the two above once the index was rebuilt: ``data: "gen-<id>"`` names it;
                      ``<store kind>/`` + ``skipped.jsonl`` inside (+ ``draft.json`` while it is being built)
-    index.lock       held (flock) by the one process writing the index
-    index.lease      instead of index.lock on object storage: the writer's lease (see indexer/lease.py)
+    index.lock       held (POSIX lock) by the one process writing the index (retrieval/locking.py)
+    index.lease      instead of index.lock on object storage: the writer's lease (retrieval/locking.py)
 
 The manifest pins the model: opening an index with another model fails instead of mixing vectors.
 
@@ -37,6 +37,7 @@ from typing import Any
 from imgrag.retrieval import generations
 from imgrag.retrieval.errors import CorruptIndexError, ImgragError, IndexMismatchError, IndexNotFoundError
 from imgrag.retrieval.location import Location, is_uri
+from imgrag.retrieval.locking import writer_lock
 from imgrag.retrieval.stores import SCHEMA_VERSION, STORES, VectorStore, open_store
 
 MANIFEST = generations.MANIFEST
@@ -160,7 +161,9 @@ class Index:
             raise ImgragError(f"the {store} store needs a local folder; use --store lancedb for an index on {loc.scheme}://")
         options = dict(store_options or {})
         if rebuild and loc.exists(MANIFEST):
-            return cls._draft(loc, factory() if factory is not None else embedder, store, options)
+            emb = factory() if factory is not None else embedder  # the model loads before the lock is taken
+            with writer_lock(root, outer=True):  # a draft is written (or an unfinished one resumed)
+                return cls._draft(loc, emb, store, options)
         if loc.exists(MANIFEST):
             manifest = Manifest.load(root)
             if manifest.store != store:
@@ -173,6 +176,15 @@ class Index:
             return cls(root, manifest, embedder=embedder)
         if factory is not None:
             embedder = factory()
+        with writer_lock(root, outer=True):
+            if loc.exists(MANIFEST):  # another process created it meanwhile: open it, checked
+                return cls.create_or_open(root, embedder, store, store_options)
+            return cls._create(loc, embedder, store, options)
+
+    @classmethod
+    def _create(cls, loc: Location, embedder, store: str, options: dict[str, Any]) -> "Index":
+        """A new, empty index (the caller holds the writer lock)."""
+        root = loc.root
         loc.mkdir()
         manifest = Manifest(model=embedder.model_id, dim=embedder.dim, store=store,
                             fingerprint=embedder.fingerprint(), store_options=options)
@@ -209,6 +221,13 @@ class Index:
         want.save(index.data_location, generations.DRAFT)
         return index
 
+    # -- writing --------------------------------------------------------------------------------
+    def writing(self):
+        """``with index.writing():`` — hold this index's writer lock (re-entrant on this thread): every
+        library writer takes it itself; hold it around direct ``index.store`` writes or a series of writes.
+        Raises :class:`IndexLockedError` at once when another process or thread holds it."""
+        return writer_lock(self.root, outer=True)
+
     # -- generations ----------------------------------------------------------------------------
     @property
     def data_location(self) -> Location:
@@ -217,24 +236,26 @@ class Index:
 
     def publish(self) -> list[str]:
         """Make a complete rebuild the index: one atomic replace of ``imgrag.json`` (the switch), then the
-        old generation is deleted. The caller holds the writer lock. Returns :meth:`collect_garbage`'s lines."""
+        old generation is deleted, under the writer lock. Returns :meth:`collect_garbage`'s lines."""
         if not self.draft:
             return []
-        self.manifest.save(self.location)  # the switch: readers see the old manifest or the new one
-        self.draft, self._stamp = False, self._manifest_stamp()
-        return self.collect_garbage()
+        with self.writing():
+            self.manifest.save(self.location)  # the switch: readers see the old manifest or the new one
+            self.draft, self._stamp = False, self._manifest_stamp()
+            return self.collect_garbage()
 
     def collect_garbage(self) -> list[str]:
         """Delete what no generation in use needs: older generations, unfinished rebuilds other than this
-        draft, temp files, an adapter trained for another model. The caller holds the writer lock.
+        draft, temp files, an adapter trained for another model; under the writer lock.
         Returns one line per unfinished rebuild discarded (for the user)."""
-        published = generations.published_data(self.location)
-        if published is None:  # no readable manifest: nothing is known to be garbage
-            return []
-        said = generations.collect(self.location, published, self.manifest.data if self.draft else None)
-        if not self.draft:
-            self._drop_foreign_adapter()
-        return said
+        with self.writing():
+            published = generations.published_data(self.location)
+            if published is None:  # no readable manifest: nothing is known to be garbage
+                return []
+            said = generations.collect(self.location, published, self.manifest.data if self.draft else None)
+            if not self.draft:
+                self._drop_foreign_adapter()
+            return said
 
     def _drop_foreign_adapter(self) -> None:
         from imgrag.retrieval.tune.adapter import ADAPTER_FILE, load_adapter
@@ -326,7 +347,8 @@ class Index:
 
     def write_skipped(self, records: list[dict[str, Any]]) -> None:
         data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-        self.data_location.write_bytes(SKIPPED, data.encode("utf-8", errors="surrogateescape"))
+        with self.writing():
+            self.data_location.write_bytes(SKIPPED, data.encode("utf-8", errors="surrogateescape"))
 
     def info(self) -> dict[str, Any]:
         size = self.location.size()

@@ -21,24 +21,30 @@ from imgrag.retrieval.errors import ImgragError
 __all__ = ["main", "build_parser"]
 
 
+def _writes(args) -> bool:
+    """The commands that change the index: ``index``, ``tune`` (and ``tune --reset``), ``classify --write``
+    over the whole index (with ``--image`` or ``--query`` nothing is written)."""
+    if args.command == "classify":
+        return bool(getattr(args, "write", False)) and not getattr(args, "image", None) and not getattr(args, "query", None)
+    return args.command in ("index", "tune")
+
+
 def _command_lock(args):
-    """``imgrag index`` on a local index takes the writer lock first: a second indexer is refused
-    before it loads a model, and before ``--rebuild`` could wipe the files of the one running."""
+    """A command that writes takes the index's writer lock first, so that it fails at once when another
+    process is writing — before it loads a model or, for ``--rebuild``, makes a draft. The library call
+    inside takes the same lock again (re-entrant on this thread: :mod:`imgrag.retrieval.locking`), so the
+    lock does not depend on the CLI; this only makes the refusal come first."""
     import contextlib
 
-    if args.command != "index":
+    if not _writes(args):
         return contextlib.nullcontext()
-    from imgrag.retrieval.index import default_index_dir
-    from imgrag.retrieval.location import is_uri
+    from imgrag.retrieval.index import Manifest, default_index_dir
+    from imgrag.retrieval.locking import writer_lock
 
     root = args.index or default_index_dir()
-    if is_uri(str(root)):
-        return contextlib.nullcontext()  # object storage: the lease taken by the run itself
-    from pathlib import Path
-
-    from imgrag.indexer.lock import IndexLock
-
-    return IndexLock(Path(root), outer=True)
+    if args.command != "index" and not Manifest.exists(root):
+        return contextlib.nullcontext()  # no index: the command says so (no lock file left in a new folder)
+    return writer_lock(root, outer=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -298,28 +298,26 @@ def cmd_eval(args) -> int:
 
 
 def cmd_tune(args) -> int:
-    from imgrag.indexer.lease import writer_lock
     from imgrag.retrieval.tune import reset_adapter
 
-    index = _open_index(args)
-    with writer_lock(index.root):  # one writer at a time: an indexer or another tune
-        if args.reset:
-            removed = reset_adapter(index)
-            if args.json:
-                print_json({"index": str(index.root), "removed": removed})
-            else:
-                print(f"adapter removed from {index.root}" if removed else f"{index.root} has no adapter")
-            return 0
-        from imgrag.retrieval.tune import data
-        from imgrag.retrieval.tune.train import TuneConfig, tune_index
-
-        if args.folders:
-            sup = data.from_folders(index, args.folders)
-        elif args.captions:
-            sup = data.from_captions(index, args.captions)
+    index = _open_index(args)  # main() holds the writer lock; reset_adapter and tune_index take it too
+    if args.reset:
+        removed = reset_adapter(index)
+        if args.json:
+            print_json({"index": str(index.root), "removed": removed})
         else:
-            sup = data.from_index_labels(index)
-        res = tune_index(index, sup, TuneConfig(loss=args.loss, seed=args.seed))
+            print(f"adapter removed from {index.root}" if removed else f"{index.root} has no adapter")
+        return 0
+    from imgrag.retrieval.tune import data
+    from imgrag.retrieval.tune.train import TuneConfig, tune_index
+
+    if args.folders:
+        sup = data.from_folders(index, args.folders)
+    elif args.captions:
+        sup = data.from_captions(index, args.captions)
+    else:
+        sup = data.from_index_labels(index)
+    res = tune_index(index, sup, TuneConfig(loss=args.loss, seed=args.seed))
     out = {"index": str(index.root), "loss": args.loss, **sup.summary(), **res.to_json()}
     if args.json:
         print_json(out)

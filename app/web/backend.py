@@ -11,7 +11,6 @@ not smuggle file reads in either: an ``image:PATH`` term must name an indexed im
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import threading
@@ -354,18 +353,15 @@ class Backend:
         index = self.index()
 
         def job(st: JobStatus) -> str:
-            from imgrag.indexer.lease import writer_lock
-
             st.total = index.store.count()
             counts: dict[str, int] = {}
 
             def prog(done: int, total: int) -> None:
                 st.done, st.total = done, total
 
-            # the writer lock keeps a concurrent `imgrag index` from interleaving with the write-back
-            with writer_lock(index.root) if write else contextlib.nullcontext():
-                for _id, _path, p in classify_index(index, clf, write=write, progress=prog):
-                    counts[str(p.label)] = counts.get(str(p.label), 0) + 1
+            # with write, classify_index holds the index's writer lock (a running `imgrag index` refuses it)
+            for _id, _path, p in classify_index(index, clf, write=write, progress=prog):
+                counts[str(p.label)] = counts.get(str(p.label), 0) + 1
             st.detail = {"counts": counts}
             top = ", ".join(f"{k}: {v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1])[:8])
             return (f"classified {st.done} items" + (" and wrote their labels" if write else "")

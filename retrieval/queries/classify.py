@@ -254,8 +254,19 @@ def classify_index(index: "Index", classifier: ZeroShotClassifier, write: bool =
     With calibration on, a first pass over the vectors fits it on the collection (standardising each
     label's scores over the images being classified). With ``write=True`` the top label and its
     probability are written back to the ``label`` / ``label_score`` columns (usable later as a
-    filter: ``--label``).
+    filter: ``--label``), under the index's writer lock: taken at the first item (before any work, so a
+    concurrent indexer makes it fail at once with :class:`IndexLockedError`) and held to the last label.
     """
+    if write:
+        with index.writing():
+            yield from _classify_rows(index, classifier, True, filters, top_n, batch_size, progress)
+    else:
+        yield from _classify_rows(index, classifier, False, filters, top_n, batch_size, progress)
+
+
+def _classify_rows(index: "Index", classifier: ZeroShotClassifier, write: bool, filters: Filters | None,
+                   top_n: int, batch_size: int, progress: Callable[[int, int], None] | None,
+                   ) -> Iterable[tuple[str, str, Prediction]]:
     store = index.store
     calibration = fit_on_index(index, classifier, filters, batch_size)
     total = store.count()

@@ -82,14 +82,15 @@ def _apply(w: np.ndarray | None, vectors: np.ndarray) -> np.ndarray:
 
 # -- storage in an index ------------------------------------------------------------------------
 def save_adapter(index: "Index", adapter: Adapter) -> None:
-    """Write ``adapter.npz`` atomically (the caller holds the writer lock)."""
+    """Write ``adapter.npz`` atomically, under the index's writer lock."""
     data = adapter.to_bytes()
-    if index.location.local:
-        from imgrag.retrieval.atomic import atomic_write_bytes
+    with index.writing():
+        if index.location.local:
+            from imgrag.retrieval.atomic import atomic_write_bytes
 
-        atomic_write_bytes(index.location.join(ADAPTER_FILE), data)
-    else:  # one PUT is atomic on object stores
-        index.location.write_bytes(ADAPTER_FILE, data)
+            atomic_write_bytes(index.location.join(ADAPTER_FILE), data)
+        else:  # one PUT is atomic on object stores
+            index.location.write_bytes(ADAPTER_FILE, data)
 
 
 def load_adapter(index: "Index") -> Adapter | None:
@@ -142,11 +143,12 @@ def active_adapter(index: "Index") -> Adapter | None:
 
 
 def reset_adapter(index: "Index") -> bool:
-    """Remove the adapter; True if there was one (the caller holds the writer lock)."""
-    if not index.location.exists(ADAPTER_FILE):
-        return False
-    index.location.delete(ADAPTER_FILE)
-    return True
+    """Remove the adapter, under the index's writer lock; True if there was one."""
+    with index.writing():
+        if not index.location.exists(ADAPTER_FILE):
+            return False
+        index.location.delete(ADAPTER_FILE)
+        return True
 
 
 def adapter_info(index: "Index") -> dict[str, Any] | None:

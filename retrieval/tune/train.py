@@ -176,7 +176,13 @@ def train_adapter(sup: "Supervision", config: TuneConfig | None = None) -> TuneR
 
 def tune_index(index: "Index", sup: "Supervision", config: TuneConfig | None = None,
                save: bool = True) -> TuneResult:
-    """Train on ``sup`` and store the adapter in ``index`` with its fingerprint (caller holds the writer lock)."""
+    """Train on ``sup`` and store the adapter in ``index`` with its fingerprint. With ``save`` the index's
+    writer lock is taken first and held to the end: a concurrent writer fails before training, not after."""
+    if save:
+        with index.writing():
+            res = tune_index(index, sup, config, save=False)
+            save_adapter(index, res.adapter)
+            return res
     cfg = config or TuneConfig()
     res = train_adapter(sup, cfg)
     man = index.manifest
@@ -185,6 +191,4 @@ def tune_index(index: "Index", sup: "Supervision", config: TuneConfig | None = N
         "data_digest": sup.digest(), "supervision": sup.summary(),
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "config": asdict(cfg), "validation": res.to_json()})
-    if save:
-        save_adapter(index, res.adapter)
     return res
