@@ -13,15 +13,19 @@ STORES = ("lancedb", "faiss")
 __all__ = ["Filters", "Hit", "VectorStore", "open_store", "make_rows", "row_schema", "META_COLUMNS",
            "SCHEMA_VERSION", "STORES"]
 
+# kind -> "module:Class", imported only when a store of that kind is opened (lancedb and faiss are heavy)
+_REGISTRY = {
+    "lancedb": "imgrag.retrieval.stores.lance:LanceStore",
+    "faiss": "imgrag.retrieval.stores.faiss:FaissStore",
+}
+
 
 def open_store(kind: str, root: Path, dim: int, **options) -> VectorStore:
     """Open (creating if needed) the store of ``kind`` under ``root``."""
-    if kind == "lancedb":
-        from imgrag.retrieval.stores.lance import LanceStore
+    target = _REGISTRY.get(kind)
+    if target is None:
+        raise ImgragError(f"unknown store {kind!r}; available: {', '.join(STORES)}")
+    import importlib
 
-        return LanceStore(root, dim, **options)
-    if kind == "faiss":
-        from imgrag.retrieval.stores.faiss import FaissStore
-
-        return FaissStore(root, dim, **options)
-    raise ImgragError(f"unknown store {kind!r}; available: {', '.join(STORES)}")
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)(root, dim, **options)
