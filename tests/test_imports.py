@@ -180,3 +180,18 @@ def test_modules_stay_small(folder):
     big = {str(p.relative_to(ROOT)): n for p in (ROOT / folder).rglob("*.py")
            if (n := len(p.read_text(encoding="utf-8").splitlines())) > 500}
     assert not big, f"modules over 500 lines: {big}"
+
+
+def test_design_map_matches_the_tree():
+    """docs/DESIGN.md's module tree names every module, and every module it names exists."""
+    text = (ROOT / "docs" / "DESIGN.md").read_text(encoding="utf-8")
+    import re
+
+    stems = {p.stem for folder in FOLDERS for p in (ROOT / folder).rglob("*.py") if p.stem != "__init__"}
+    named = set(re.findall(r"([a-z_]+)\.py", text))
+    for group in re.findall(r"\{([a-z_,]+)\}\.py", text):
+        named.update(group.split(","))
+    missing = sorted(s for s in stems if s not in named and s != "__main__")
+    assert not missing, f"modules missing from docs/DESIGN.md: {missing}"
+    stale = sorted(n for n in named - stems - {"__init__", "test_imports", "test_stores", "test_generators_api"})
+    assert not stale, f"docs/DESIGN.md names modules that do not exist: {stale}"
