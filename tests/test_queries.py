@@ -111,6 +111,7 @@ def test_eval_zeroshot_and_retrieval_on_generated_data(tmp_path):
 # --- calibrated classify over a store -----------------------------------------------------------------------
 def _hub_store(tmp_path, kind: str = "faiss"):
     """A store of 5 classes × 30 vectors where label 0 is a hub (see tests/test_calibration.py)."""
+    import contextlib
     from types import SimpleNamespace
 
     from imgrag.retrieval.stores import open_store
@@ -127,7 +128,8 @@ def _hub_store(tmp_path, kind: str = "faiss"):
     x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
     store = open_store(kind, tmp_path / kind, d)
     store.upsert(make_rows([{"id": f"/img/{i:03d}.png", "path": f"/img/{i:03d}.png"} for i in range(len(y))], x))
-    return SimpleNamespace(store=store, root=tmp_path), labels, x, y
+    # writing(): the writer lock classify_index(write=True) takes on a real Index
+    return SimpleNamespace(store=store, root=tmp_path, writing=contextlib.nullcontext), labels, x, y
 
 
 def test_classify_index_is_calibrated_on_the_collection(tmp_path):
