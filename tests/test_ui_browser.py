@@ -108,8 +108,10 @@ def test_search_shows_expected_top_image_and_more_like_this(browser_page):
     assert all("/imgrag/thumbs/" in s for s in srcs)  # cached thumbnails, not originals
     page.screenshot(path=str(SHOTS / "search.png"), full_page=True)
     # select the top result: details, then "more like this" (the item itself is excluded)
-    page.locator("#search-gallery img").first.click()
+    page.locator("#search-gallery img").first.click()  # opens the viewer (tests/test_ui_viewer.py) and selects
     page.wait_for_function("() => document.querySelector('#search-detail').innerText.includes('cat_chelsea.jpg')")
+    page.keyboard.press("Escape")
+    page.wait_for_selector("#imgrag-viewer", state="hidden")
     _click_and_wait(page, "#more-like-this", "#search-status")
     assert "like the selected" in page.locator("#search-status").inner_text()
     caps = _captions(page, "#search-gallery")
@@ -155,6 +157,9 @@ def test_file_names_with_html_are_shown_escaped(browser_page):
     page.locator("#search-gallery img").nth(hit[0]).click()
     page.wait_for_function("() => document.querySelector('#search-detail').innerText.includes('onerror')")
     assert XSS_NAME in page.locator("#search-detail").inner_text()
+    assert page.locator("#imgrag-viewer .iv-name").inner_text() == XSS_NAME  # the viewer shows it as text too
+    page.keyboard.press("Escape")
+    page.wait_for_selector("#imgrag-viewer", state="hidden")
     # every image has loaded or failed (an injected <img onerror> would have fired), then one task turn
     # for queued load/error handlers
     page.wait_for_function("() => [...document.images].every(i => i.complete)")
