@@ -33,7 +33,9 @@ CSS = """
 .imgrag-viewable .thumbnail-item.selected { box-shadow: none !important; }
 .imgrag-viewable .caption-label { position: static !important; white-space: normal !important; overflow: visible !important;
   text-overflow: clip !important; max-width: 100% !important; font-size: 0.82em; line-height: 1.3;
-  overflow-wrap: anywhere; background: var(--block-background-fill) !important; color: var(--body-text-color) !important; }
+  /* score and name first; a document page's snippet is cut after three lines (the viewer shows it all) */
+  overflow-wrap: anywhere; background: var(--block-background-fill) !important; color: var(--body-text-color) !important;
+  display: -webkit-box !important; -webkit-line-clamp: 3; -webkit-box-orient: vertical; overflow: hidden !important; }
 @media (max-width: 640px) {
   .imgrag-viewable .grid-container { grid-template-columns: repeat(2, minmax(0, 1fr)) !important; }
 }
