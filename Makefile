@@ -46,10 +46,12 @@ demo-index: install
 	$(VENV)/bin/imgrag search "a cup of coffee" -k 3 --index $(DEMO_INDEX)
 	@echo; echo '$$ imgrag search "a boat on the water"'
 	$(VENV)/bin/imgrag search "a boat on the water" -k 3 --index $(DEMO_INDEX)
-	@echo; echo '$$ imgrag classify --labels "animal,food,vehicle,building,musical instrument,plant,outer space"'
+	@echo; echo '$$ imgrag classify --labels "animal,food,vehicle,building,musical instrument,plant,outer space"   (calibrated: no label takes everything)'
 	$(VENV)/bin/imgrag classify --labels "animal,food,vehicle,building,musical instrument,plant,outer space" --limit 12 --index $(DEMO_INDEX)
 	@echo; echo '$$ imgrag ask "What is the rocket doing?"   (offline text-only generator: SmolLM2-135M)'
 	$(VENV)/bin/imgrag ask "What is the rocket doing?" --index $(DEMO_INDEX)
+	@echo; echo '$$ imgrag tune --folders data/samples   (an adapter from the folder names; before/after on held-out images)'
+	$(VENV)/bin/imgrag tune --folders data/samples --index $(DEMO_INDEX)
 
 demo: demo-index
 	@if [ -f app/web/server.py ] && [ -z "$(NO_SERVE)" ]; then \

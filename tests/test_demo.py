@@ -57,3 +57,32 @@ def test_demo_classify_and_eval_commands(demo_index, capsys):
                  "--model", "lite", "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
     assert r["images"] == 71 and r["text_to_image"]["R@10"] > 0.5
+
+
+#: the label list `make demo` classifies with
+DEMO_LABELS = "animal,food,vehicle,building,musical instrument,plant,outer space"
+
+
+@pytest.mark.slow
+def test_demo_classify_is_calibrated_and_tune_reports_before_after(demo_index, tmp_path, capsys):
+    import shutil
+
+    capsys.readouterr()
+    assert main(["classify", "--labels", DEMO_LABELS, "--json", "--index", str(demo_index)]) == 0
+    labels = [p["label"] for p in json.loads(capsys.readouterr().out)]
+    assert len(labels) == 71 and max(labels.count(lab) for lab in set(labels)) < 71 / 3  # no label takes a third
+    assert main(["classify", "--labels", DEMO_LABELS, "--json", "--calibration", "none", "--index", str(demo_index)]) == 0
+    raw = [p["label"] for p in json.loads(capsys.readouterr().out)]
+    assert max(raw.count(lab) for lab in set(raw)) >= 71 / 3  # the bias the default corrects (issue 15)
+
+    idx = tmp_path / "tuned"  # a copy: the other tests query the untuned demo index
+    shutil.copytree(demo_index, idx)
+    assert main(["tune", "--folders", str(SAMPLES), "--index", str(idx)]) == 0
+    out = capsys.readouterr().out
+    assert "tuned on folders" in out and "71 images (0 embedded now), 11 classes" in out
+    assert "before" in out and "after" in out and "image→text top-1" in out
+    assert main(["info", "--json", "--index", str(idx)]) == 0
+    status = json.loads(capsys.readouterr().out)["adapter"]
+    assert status["active"] is True and status["loss"] == "siglip" and status["validation"]["val_items"] == 14
+    assert main(["info", "--index", str(demo_index)]) == 0
+    assert "adapter: none" in capsys.readouterr().out

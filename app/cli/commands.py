@@ -159,11 +159,11 @@ def cmd_search(args) -> int:
     mode = resolve_mode(index, mode)
     if mode == "vector":
         hits = search(index, terms, k=args.k, filters=_filters(args), min_score=args.min_score,
-                      sort_by_date=args.sort_date)
+                      sort_by_date=args.sort_date, all_copies=args.all_copies)
         hits = add_snippets(hits, text) if text else hits
     else:
         hits = search_documents(index, text, k=args.k, mode=mode, filters=_filters(args), weights=args.weights,
-                                min_score=args.min_score, vector_gate=args.vector_gate)
+                                min_score=args.min_score, vector_gate=args.vector_gate, all_copies=args.all_copies)
         if args.sort_date:
             hits.sort(key=lambda h: (h.row.get("taken_at") is None, h.row.get("taken_at") or 0))
     if args.json:
@@ -261,10 +261,14 @@ def cmd_info(args) -> int:
             print_skipped(sk)
         return 0
     info = index.info()
+    from imgrag.retrieval.tune.adapter import adapter_status, describe_adapter
+
+    status = adapter_status(index)  # imgrag tune: is a tuned adapter used by queries on this index?
     if args.json:
-        print_json(info)
-    else:
-        print_info(info)
+        print_json({**info, "adapter": status})
+        return 0
+    info["adapter"] = describe_adapter(status)
+    print_info(info)
     return 0
 
 

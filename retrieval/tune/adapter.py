@@ -155,3 +155,39 @@ def adapter_info(index: "Index") -> dict[str, Any] | None:
     """The stored adapter's metadata (no check against the model), or None."""
     raw = index.location.read_bytes(ADAPTER_FILE)
     return None if raw is None else Adapter.from_bytes(raw).meta
+
+
+def adapter_status(index: "Index") -> dict[str, Any] | None:
+    """What ``imgrag info`` and the UI show: None without an adapter, else whether queries use it
+    (``active``), its loss, supervision, date and held-out before/after, or why it is not used."""
+    try:
+        meta = adapter_info(index)
+    except CorruptIndexError as e:
+        return {"active": False, "problem": str(e)}
+    if meta is None:
+        return None
+    out: dict[str, Any] = {"active": True, "loss": meta.get("loss"), "created_at": meta.get("created_at"),
+                           "source": (meta.get("supervision") or {}).get("source"),
+                           "validation": meta.get("validation")}
+    try:
+        load_adapter(index)
+    except IndexMismatchError as e:
+        out.update(active=False, problem=str(e))
+    if index in _disabled:
+        out["active"] = False
+    return out
+
+
+def describe_adapter(status: dict[str, Any] | None) -> str:
+    """One line for a person: 'none', 'active: siglip on folders …, i2t top-1 42.9% → 35.7% held out'."""
+    if status is None:
+        return "none (imgrag tune trains one)"
+    if status.get("problem"):
+        return f"not used: {status['problem']}"
+    v = (status.get("validation") or {})
+    b, a = v.get("before") or {}, v.get("after") or {}
+    fig = "".join(f", {name} {100 * b[k]:.1f}% → {100 * a[k]:.1f}%" for k, name in
+                  (("i2t_top1", "image→text top-1"), ("t2i_r1", "text→image R@1")) if k in b and k in a)
+    state = "active" if status.get("active") else "off (--no-adapter)"
+    return (f"{state}: {status.get('loss')} loss on {status.get('source')}, {status.get('created_at')}"
+            + (f"; held out{fig}" if fig else ""))
