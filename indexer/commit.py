@@ -56,6 +56,9 @@ class LocalCommitter:
     def add(self, meta: dict, vec: np.ndarray) -> None:
         self.metas.append(meta)
         self.vecs.append(vec)
+        key = reuse_key(meta)
+        if key:  # later copies in this run reuse this vector (pipeline._reuse_in_run)
+            self.hash_to_id.setdefault(key, meta["id"])
 
     @property
     def pending(self) -> int:
@@ -95,15 +98,27 @@ class LocalCommitter:
         self.metas, self.vecs, self.reuse = later
 
     def _reused_rows(self, reuse: list[dict], metas: list[dict], vecs: list[np.ndarray]) -> None:
-        """Rows for renamed/duplicated/touched files: the stored row's vector and labels, the new file's keys."""
-        src = self.store.get(list({self.hash_to_id[reuse_key(m)] for m in reuse}))
-        by_id = {r["id"]: r for r in src.to_pylist()}
+        """Rows for renamed/duplicated/touched files: the source row's vector and labels, the new file's keys.
+
+        The source is a row still pending in this committer (content first embedded in this run, possibly
+        held with an unfinished document) or else the store's row.
+        """
+        src_ids = {m["id"]: self.hash_to_id.get(reuse_key(m)) for m in reuse}
+        pending = {pm["id"]: (pm, v) for pm, v in zip(self.metas, self.vecs)}
+        by_id: dict[str, dict[str, Any]] = {}
+        for i in set(src_ids.values()) - {None}:
+            if i in pending:
+                pm, v = pending[i]
+                by_id[i] = {**{c: pm.get(c) for c in META_COLUMNS if c != "indexed_at"}, "vector": v[0]}
+        stored = [i for i in set(src_ids.values()) - {None} if i not in by_id]
+        if stored:
+            by_id.update({r["id"]: r for r in self.store.get(stored).to_pylist()})
         for m in reuse:
-            s: dict[str, Any] | None = by_id.get(self.hash_to_id[reuse_key(m)])
-            if s is None:  # source row vanished (pruned in this run): cannot reuse; rare
+            s: dict[str, Any] | None = by_id.get(src_ids[m["id"]])  # type: ignore[arg-type]
+            if s is None:  # source row vanished (pruned in this run) or failed: cannot reuse; rare
                 self.errors.append(_skip(m, "content matched a deleted item; will be re-embedded next run"))
                 continue
-            full = {c: s.get(c) for c in META_COLUMNS}
+            full = {c: s.get(c) for c in META_COLUMNS if c in s}
             full.update({k: m[k] for k in ("id", "path", "size", "mtime_ns", "hash")})
             full["label"], full["label_score"] = s.get("label"), s.get("label_score")
             metas.append(full)

@@ -24,7 +24,7 @@ import numpy as np
 
 from imgrag.indexer.commit import LocalCommitter, SkipLog
 from imgrag.indexer.decode import DEFAULT_MAX_PIXELS, DecodeDataset
-from imgrag.indexer.documents import DocTracker, PageOptions, plan_documents
+from imgrag.indexer.documents import DocTracker, PageOptions, plan_documents, reuse_key
 from imgrag.retrieval.locking import writer_lock
 from imgrag.indexer.loader import CRASH_REASON, decoded_batches, default_workers
 from imgrag.indexer.plan import make_plan, reuse_sources
@@ -196,6 +196,7 @@ def _embed(index: Index, work: list, opts: IndexOptions, committer: LocalCommitt
     tw = time.perf_counter()
     for results, pixels, rows in decoded_batches(ds, opts.batch_size, workers, device.startswith("cuda")):
         secs["wait"] += time.perf_counter() - tw
+        pixels, rows = _reuse_in_run(results, pixels, rows, committer.hash_to_id)
         for r in results:
             docs.page_done(r.entry.path)
             if r.meta is not None:
@@ -230,6 +231,31 @@ def _embed(index: Index, work: list, opts: IndexOptions, committer: LocalCommitt
             progress(Progress(done, len(work), rep.embedded, rep.reused,
                               len(committer.errors) + committer.skips.count(), time.perf_counter() - t_embed))
         tw = time.perf_counter()
+
+
+def _reuse_in_run(results: list, pixels, rows: list[int], known: dict[str, str]):
+    """Mark results whose content was already embedded in this run (in an earlier batch, or earlier in this
+    one) as reused and drop their pixels → ``(pixels or None, rows)``.
+
+    The decode workers only know the hashes the index held when the run started, so copies first met in
+    one run (a folder with copied files and symlinks) come back decoded; this spares the model, and the
+    committer takes their vector from the pending or committed row (:meth:`LocalCommitter.add` records it).
+    """
+    seen: set[str] = set()
+    dup: set[int] = set()
+    for i, r in enumerate(results):
+        key = reuse_key(r.meta) if r.error is None and not r.reused and r.meta is not None else None
+        if key is None:
+            continue
+        if key in known or key in seen:
+            r.reused = True
+            dup.add(i)
+        else:
+            seen.add(key)
+    if not dup or pixels is None:
+        return pixels, rows
+    keep = [j for j, ri in enumerate(rows) if ri not in dup]
+    return (pixels[keep], [rows[j] for j in keep]) if keep else (None, [])
 
 
 def _key(entry) -> str:

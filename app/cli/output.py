@@ -79,6 +79,8 @@ def hit_dict(h) -> dict:
     return {"path": h.path, "score": round(float(h.score), 6), "id": h.id, "page": r.get("page"),
             "taken_at": r.get("taken_at"), "width": r.get("width"), "height": r.get("height"),
             "label": r.get("label"),
+            # other paths holding the same content (exact copies folded into this result); [] with --all-copies
+            "copies": [display(p) for p in r.get("copies") or []],
             **({"snippet": r.get("snippet"), "match_spans": r.get("match_spans")} if r.get("snippet") else {}),
             **{k: r[k] for k in ("rank_vector", "rank_text") if r.get(k) is not None},
             # what the score is made of: the cosine similarity and the keyword match (hybrid, text)
@@ -97,6 +99,8 @@ def print_hits(hits) -> None:
         extra = f"  {date:%Y-%m-%d}" if date else ""
         page = f" (page {h.row['page']})" if h.row.get("page") else ""
         print(f"{rank:>3}  {h.score:.4f}  {display(h.path)}{page}{extra}")
+        if h.row.get("copies"):
+            print(f"       also at: {', '.join(display(p) for p in h.row['copies'])}")
         if h.row.get("snippet"):
             from imgrag.retrieval.textsearch import highlight
 

@@ -160,6 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("--min-score", type=float, help="hide results whose shown score is below this (cosine "
                     "similarity; in hybrid the relevance; in text mode the keyword match)")
     ps.add_argument("--sort-date", action="store_true", help="order results by capture date (after the cutoff)")
+    ps.add_argument("--all-copies", action="store_true",
+                    help="show each path of an exact copy (same content hash) as its own result; by default copies "
+                         "are one result listing the other paths")
     ps.add_argument("--no-adapter", action="store_true", help="ignore the index's tuned adapter (imgrag tune), to compare")
     ps.add_argument("--json", action="store_true", help="print results as JSON")
 

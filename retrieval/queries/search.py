@@ -20,6 +20,7 @@ import numpy as np
 from imgrag.retrieval.embedders.base import l2_normalize
 from imgrag.retrieval.errors import BadQueryError
 from imgrag.retrieval.paths import display, to_fs, to_stored
+from imgrag.retrieval.queries.copies import distinct_top
 from imgrag.retrieval.stores.base import Filters, Hit
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -162,11 +163,13 @@ def to_terms(query: QueryLike) -> list[Term] | np.ndarray:
 
 def search(index: "Index", query: QueryLike, k: int = 10, filters: Filters | None = None,
            min_score: float | None = None, exclude_ids: Sequence[str] = (),
-           sort_by_date: bool = False, use_adapter: bool = True) -> list[Hit]:
+           sort_by_date: bool = False, use_adapter: bool = True, all_copies: bool = False) -> list[Hit]:
     """Top-``k`` items for a text / image / combined query, best first.
 
     ``min_score`` hides weak matches (a relevance cutoff on cosine similarity); ``sort_by_date``
     reorders the surviving hits by capture time (oldest first, undated last) after the cutoff.
+    Exact copies (same content hash) are one result whose ``row["copies"]`` lists the other paths
+    (:mod:`imgrag.retrieval.queries.copies`), still ``k`` distinct results; ``all_copies`` shows each path.
     """
     if k < 1:
         raise BadQueryError(f"k must be at least 1, got {k}")
@@ -175,9 +178,12 @@ def search(index: "Index", query: QueryLike, k: int = 10, filters: Filters | Non
         vec, excl = l2_normalize(terms.reshape(1, -1))[0], []
     else:
         vec, excl = query_vector(index, terms, use_adapter)
-    hits = index.store.search(vec[None, :], k, filters=filters, exclude_ids=[*exclude_ids, *excl])[0]
-    if min_score is not None:
-        hits = [h for h in hits if h.score >= min_score]
+    def fetch(n: int) -> tuple[list[Hit], bool]:
+        got = index.store.search(vec[None, :], n, filters=filters, exclude_ids=[*exclude_ids, *excl])[0]
+        kept = got if min_score is None else [h for h in got if h.score >= min_score]
+        return kept, len(got) >= n and len(kept) == len(got)  # more may follow only if none fell below the cut
+
+    hits = distinct_top(fetch, k, k if all_copies else 2 * k, all_copies)
     if sort_by_date:
         hits.sort(key=lambda h: (h.row.get("taken_at") is None, h.row.get("taken_at") or 0))
     return hits
