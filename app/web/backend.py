@@ -405,7 +405,10 @@ class Backend:
 
     # -- index management --------------------------------------------------------------------------
     def info(self) -> dict[str, Any]:
-        return self.index().info()
+        from imgrag.retrieval.tune.adapter import adapter_status
+
+        index = self.index()
+        return {**index.info(), "adapter": adapter_status(index)}  # imgrag tune: is an adapter in use?
 
     def skipped(self, limit: int = 500) -> list[dict[str, Any]]:
         try:
@@ -445,6 +448,42 @@ class Backend:
                     f"{rep.deleted} removed, {len(rep.skipped)} skipped; {rep.total_items} items in the index")
 
         return self.jobs.start("index", f"index {p}", job)
+
+    def start_tune(self, source: str, loss: str = "siglip") -> JobStatus:
+        """Train the index's adapter (``imgrag tune``) in the background from a folder-per-class tree or a
+        ``path<TAB>caption`` file on this machine; the whole job holds the index's writer lock (an indexer
+        running meanwhile makes it fail at once, and queries pick the new adapter up when it is saved)."""
+        source = (source or "").strip()
+        if not source:
+            raise BadQueryError("type the path of a folder per class, or of a captions file (path<TAB>caption)")
+        p = Path(os.path.expanduser(source))
+        if not p.is_absolute():
+            raise BadQueryError("give an absolute path (e.g. /home/me/Pictures/by-subject)")
+        if not p.exists():
+            raise BadQueryError(f"not found: {source}")
+        if not self.has_index():
+            raise BadQueryError("index some images first: tune trains on the index's stored vectors")
+        if self.jobs.busy():
+            raise ImgragError(f"a background job is already running ({self.jobs.status.title}); wait for it")
+        index = self.index()
+
+        def job(st: JobStatus) -> str:
+            from imgrag.retrieval.tune import data
+            from imgrag.retrieval.tune.train import TuneConfig, tune_index
+
+            st.total = 2
+            with index.writing():  # held from reading the supervision to saving the adapter
+                sup = data.from_folders(index, p) if p.is_dir() else data.from_captions(index, p)
+                st.done = 1
+                res = tune_index(index, sup, TuneConfig(loss=loss))
+            st.done = 2
+            st.detail = {**sup.summary(), **res.to_json()}
+            b, a = res.before, res.after
+            return (f"adapter trained on {len(sup.item_ids)} images ({sup.embedded} embedded now); held-out "
+                    f"image→text top-1 {100 * b['i2t_top1']:.1f}% → {100 * a['i2t_top1']:.1f}%, text→image R@1 "
+                    f"{100 * b['t2i_r1']:.1f}% → {100 * a['t2i_r1']:.1f}%; search, classify and ask now use it")
+
+        return self.jobs.start("tune", f"tune an adapter on {p}", job)
 
     def _index_for_writing(self) -> "Index":
         if self.has_index():

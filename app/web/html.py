@@ -128,7 +128,7 @@ def job_html(st: JobStatus) -> str:
     if st.state == "idle":
         return "<div class='imgrag-status'>No background job has run yet.</div>"
     pct = round(100 * st.fraction)
-    unit = "images" if st.kind == "index" else "items"
+    unit = {"index": "images", "tune": "steps"}.get(st.kind, "items")
     line = f"{esc(st.title)}: {st.done}/{st.total} {unit}"
     if st.state == "running":
         line += f" · {st.rate:.1f} {unit}/s · ETA {format_eta(st.eta_s)}"

@@ -82,6 +82,9 @@ class _IndexParts:
     index_btn: Any
     status: Any
     job: Any
+    tune_source: Any = None  # imgrag tune from the UI: a folder per class or a captions file
+    tune_loss: Any = None
+    tune_btn: Any = None
 
 
 def build_blocks(backend: Backend):
@@ -363,6 +366,14 @@ def _index_tab(sh: _Shared, demo) -> _IndexParts:
                 index_btn = gr.Button("Index folder (background)", variant="primary", elem_id="index-button")
                 idx_status = gr.HTML(status_html(), elem_id="index-status")
                 idx_job = gr.HTML(job_html(backend.jobs.status), elem_id="index-job")
+                with gr.Accordion("Tune: adapt the model to your labels or captions", open=False):
+                    tune_source = gr.Textbox(
+                        label="A folder per class (folder name = class text), or a captions file (path<TAB>caption)",
+                        placeholder="/home/me/Pictures/by-subject", elem_id="tune-source")
+                    with gr.Row():
+                        tune_loss = gr.Radio(["siglip", "clip"], value="siglip", label="Loss", scale=2,
+                                             elem_id="tune-loss")
+                        tune_btn = gr.Button("Tune adapter (background)", scale=1, elem_id="tune-button")
         skipped_box = gr.HTML("", elem_id="index-skipped")
 
     def index_view():
@@ -371,7 +382,7 @@ def _index_tab(sh: _Shared, demo) -> _IndexParts:
     refresh_btn.click(index_view, None, [info_box, skipped_box], api_name="index_info")
     demo.load(index_view, None, [info_box, skipped_box], api_name=False)
     return _IndexParts(info=info_box, skipped=skipped_box, folder=folder, index_btn=index_btn, status=idx_status,
-                       job=idx_job)
+                       job=idx_job, tune_source=tune_source, tune_loss=tune_loss, tune_btn=tune_btn)
 
 
 def _job_wiring(sh: _Shared, demo, cls: _ClassifyParts, idx: _IndexParts) -> None:
@@ -389,6 +400,16 @@ def _job_wiring(sh: _Shared, demo, cls: _ClassifyParts, idx: _IndexParts) -> Non
         return status_html("indexing started; you can keep searching meanwhile"), gr.Timer(active=True)
 
     idx.index_btn.click(start_index, [idx.folder], [idx.status, sh.timer], api_name="index_folder")
+
+    def start_tune(source_, loss_):
+        try:
+            backend.start_tune(source_, loss_ or "siglip")
+        except Exception as e:  # noqa: BLE001
+            return status_html(error_text(e), True), gr.skip()
+        return status_html("tuning an adapter in the background (towers frozen: stored vectors only)"), \
+            gr.Timer(active=True)
+
+    idx.tune_btn.click(start_tune, [idx.tune_source, idx.tune_loss], [idx.status, sh.timer], api_name="tune")
 
     def start_classify_index(labels_, templates_, write_):
         try:

@@ -148,6 +148,8 @@ def welcome_html(info: dict[str, Any] | None, sample: list[dict[str, Any]], exam
     facts = [f"<b>{esc(info.get('items', 0))}</b> items", f"model <b>{esc(info.get('model', '?'))}</b>"]
     if info.get("updated_at"):
         facts.append(f"last update {esc(str(info['updated_at'])[:16].replace('T', ' '))}")
+    if (info.get("adapter") or {}).get("active"):  # imgrag tune: queries go through a tuned adapter
+        facts.append("<span id='imgrag-adapter'>tuned adapter active</span>")
     ex = "".join(f"<button type='button' data-imgrag-example='{esc(q)}'>{esc(q)}</button>" for q in examples)
     tiles = "".join(f"<button type='button' data-imgrag-i='{i}' title='{esc(view_item(it)['name'])}'>"
                     f"<img src='{esc(_url('thumb', it['id']))}' alt='{esc(view_item(it)['name'])}' loading='lazy'></button>"
