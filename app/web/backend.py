@@ -58,6 +58,7 @@ class ResultItem:
     similarity: float | None = None  # cosine similarity (``score`` is it, raised by a keyword match in hybrid)
     keyword: float | None = None  # keyword match in 0–1 (hybrid / text search over page or OCR text)
     matched: tuple = ()  # the query's words found in the item's text
+    copies: tuple = ()  # other paths (display form) holding the same content, folded into this result
 
     @property
     def caption(self) -> str:
@@ -67,6 +68,8 @@ class ResultItem:
             parts.append("words: " + ", ".join(self.matched))
         if self.taken_at:
             parts.append(self.taken_at.strftime("%Y-%m-%d"))
+        if self.copies:  # the paths themselves are in the details / viewer
+            parts.append(f"+{len(self.copies)} cop{'y' if len(self.copies) == 1 else 'ies'}")
         if self.snippet:
             parts.append(self.snippet)
         return " · ".join(parts)
@@ -78,7 +81,7 @@ class ResultItem:
                 "match_spans": [list(sp) for sp in self.spans],
                 "similarity": None if self.similarity is None else round(self.similarity, 6),
                 "keyword": None if self.keyword is None else round(self.keyword, 6),
-                "matched_terms": list(self.matched)}
+                "matched_terms": list(self.matched), "copies": list(self.copies)}
 
 
 def display_name(path: str) -> str:
@@ -122,6 +125,7 @@ class UIConfig:
     thumb_dir: Path | None = None
     max_k: int = 200
     index_workers: int | None = None  # decode workers for indexing from the UI (None: pipeline default)
+    all_copies: bool = False  # show each path of an exact copy as its own result (default: one result each)
 
 
 class Backend:
@@ -210,7 +214,8 @@ class Backend:
                                   snippet=r.get("snippet") or "",
                                   spans=tuple(tuple(sp) for sp in (r.get("match_spans") or ())),
                                   similarity=r.get("similarity"), keyword=r.get("keyword"),
-                                  matched=tuple(r.get("matched_terms") or ())))
+                                  matched=tuple(r.get("matched_terms") or ()),
+                                  copies=tuple(display(p) for p in r.get("copies") or ())))
         return out
 
     # -- search ----------------------------------------------------------------------------------
@@ -259,11 +264,12 @@ class Backend:
             from imgrag.retrieval.queries.hybrid import search_documents
 
             hits = search_documents(self.index(), str(terms[0].value), k=k, mode="hybrid", filters=filters,
-                                    min_score=min_score)
+                                    min_score=min_score, all_copies=self.config.all_copies)
             if sort_by_date:
                 hits.sort(key=lambda h: (h.row.get("taken_at") is None, h.row.get("taken_at") or 0))
         else:
-            hits = search(self.index(), terms, k=k, filters=filters, min_score=min_score, sort_by_date=sort_by_date)
+            hits = search(self.index(), terms, k=k, filters=filters, min_score=min_score, sort_by_date=sort_by_date,
+                          all_copies=self.config.all_copies)
         return self._items(hits)
 
     def more_like(self, item_id: str, k: int = 12, path_glob: str = "", after: str = "", before: str = "",
@@ -280,7 +286,8 @@ class Backend:
             raise BadQueryError("that result is no longer in the index; search again")
         vec = np.asarray(t["vector"][0].as_py(), dtype=np.float32)
         hits = search(self.index(), vec, k=k, filters=make_filters(path_glob, after, before, label, kind),
-                      min_score=min_score, exclude_ids=[item_id], sort_by_date=sort_by_date)
+                      min_score=min_score, exclude_ids=[item_id], sort_by_date=sort_by_date,
+                      all_copies=self.config.all_copies)
         return self._items(hits)
 
     def search_image(self, upload_path: str | None, k: int = 12, path_glob: str = "",
@@ -292,7 +299,8 @@ class Backend:
         k = self._check_k(k)
         img = load_upload(upload_path, self.config.max_upload_bytes, self.config.max_upload_pixels)
         self.embedder()
-        hits = search(self.index(), img, k=k, filters=make_filters(path_glob), min_score=min_score)
+        hits = search(self.index(), img, k=k, filters=make_filters(path_glob), min_score=min_score,
+                      all_copies=self.config.all_copies)
         return self._items(hits)
 
     # -- classify --------------------------------------------------------------------------------

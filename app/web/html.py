@@ -116,6 +116,8 @@ def detail_html(it: dict[str, Any] | None) -> str:
         rows.append(("label", it["label"]))
     if it.get("page"):
         rows.append(("page", str(it["page"])))
+    if it.get("copies"):  # exact copies folded into this result (display form already)
+        rows.append(("also at", "; ".join(it["copies"])))
     body = "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in rows)
     if it.get("snippet"):
         body += f"<tr><th>text</th><td class='imgrag-snippet'>{snippet_html(it['snippet'], it.get('match_spans'))}</td></tr>"
