@@ -283,6 +283,9 @@ def _add_serve(sub, common) -> None:
     pv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     pv.add_argument("--port", type=int, default=7860, help="port to listen on (default 7860)")
     pv.add_argument("--auth", metavar="USER:PASS", help="require this login (recommended with --host 0.0.0.0)")
+    pv.add_argument("--roots", nargs="+", metavar="DIR",
+                    help="folders the Index tab and the HTTP API may add (and folders under them); without it, "
+                         "any folder on 127.0.0.1 and none when listening beyond it")
     pv.add_argument("--generator", default=None, help="generator for the Ask tab (default smollm2)")
     pv.add_argument("--max-upload-mb", type=float, default=25, metavar="MB",
                     help="largest accepted upload in megabytes (default 25)")

@@ -125,6 +125,7 @@ class UIConfig:
     thumb_dir: Path | None = None
     max_k: int = 200
     index_workers: int | None = None  # decode workers for indexing from the UI (None: pipeline default)
+    allowed_roots: tuple[str, ...] | None = None  # folders the UI may index (None: any; empty: none), --roots
     all_copies: bool = False  # show each path of an exact copy as its own result (default: one result each)
 
 
@@ -438,6 +439,9 @@ class Backend:
             raise BadQueryError(f"folder not found: {folder}")
         if not p.is_dir():
             raise BadQueryError(f"not a folder: {folder}")
+        from imgrag.app.web.folders import check_allowed
+
+        check_allowed(self, p)  # beyond 127.0.0.1 only folders under `imgrag serve --roots`
         if self.jobs.busy():
             raise ImgragError(f"a background job is already running ({self.jobs.status.title}); wait for it")
         index = self._index_for_writing()

@@ -13,11 +13,10 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from imgrag.app.web.backend import Backend, display_name
-from imgrag.app.web.files import NotServable
-from imgrag.app.web.html import (classify_table_html, detail_html, error_text, esc, gallery_value, generator_html,
-                                 info_html, job_html, matches_html, notes_html, skipped_html, status_html)
-from imgrag.app.web.viewer import cut, data_html, link_citations
+from imgrag.app.web.backend import Backend
+from imgrag.app.web.html import (classify_table_html, detail_html, error_text, esc, gallery_value,
+                                 info_html, job_html, matches_html, skipped_html, status_html)
+from imgrag.app.web.viewer import cut, data_html
 from imgrag.retrieval.errors import ImgragError
 
 
@@ -269,77 +268,9 @@ def _classify_tab(sh: _Shared, default_templates: str) -> _ClassifyParts:
 
 
 def _ask_tab(sh: _Shared) -> None:
-    import gradio as gr
+    from imgrag.app.web.ask_tab import build_ask_tab  # streamed answers (app/web/ask_tab.py)
 
-    backend = sh.backend
-    with gr.Tab("Ask", id="ask"):
-        with gr.Row():
-            question = gr.Textbox(label="Question", placeholder="What is the cat lying on?", scale=5,
-                                  elem_id="ask-question", lines=1, max_lines=3)
-            ask_btn = gr.Button("Ask", variant="primary", scale=1, elem_id="ask-button")
-        with gr.Accordion("Options", open=False):
-            with gr.Row():
-                ask_k = gr.Slider(1, 50, value=8, step=1, label="Images retrieved")
-                ask_max = gr.Slider(1, 8, value=4, step=1, label="Images sent to the model")
-        gen_md = gr.HTML(generator_html(backend.generator_name()), elem_id="ask-generator")
-        with gr.Row():
-            with gr.Column(scale=3):
-                answer_md = gr.Markdown("", elem_id="ask-answer", sanitize_html=True)
-                ask_status = gr.HTML(status_html(), elem_id="ask-status")
-            with gr.Column(scale=2):
-                cited = gr.Gallery(label="Cited images", columns=2, height="auto", object_fit="contain",
-                                   allow_preview=False, elem_id="ask-cited", elem_classes=["imgrag-viewable"])
-                cited_data = gr.HTML(data_html("ask-cited", []), elem_classes=["imgrag-datablock"], container=False)
-
-    def run_ask(question_, k_, max_):
-        text = ""
-        try:
-            for kind, val in backend.ask(question_, int(k_), int(max_)):
-                if kind == "chunk":
-                    text += val
-                    yield link_citations(text), gr.skip(), status_html("generating…"), gr.skip(), gr.skip()
-                else:
-                    res = val
-                    notes = []
-                    if res.no_answer:
-                        notes.append("No image matched well enough, so no model was asked.")
-                    notes += list(res.notes or [])
-                    yield (link_citations(res.text, [c.n for c in res.citations]), _cited_gallery(backend, res),
-                           notes_html(notes), generator_html(res.generator, res.text_only),
-                           data_html("ask-cited", _cited_items(backend, res)))
-        except Exception as e:  # noqa: BLE001
-            yield link_citations(text), gr.skip(), status_html(error_text(e), True), gr.skip(), gr.skip()
-
-    ask_outputs = [answer_md, cited, ask_status, gen_md, cited_data]
-    # one answer generated at a time: a language model's memory is bounded, other tabs are not blocked
-    ask_btn.click(run_ask, [question, ask_k, ask_max], ask_outputs, api_name="ask", concurrency_limit=1,
-                  concurrency_id="ask")
-    question.submit(run_ask, [question, ask_k, ask_max], ask_outputs, api_name=False, concurrency_limit=1,
-                    concurrency_id="ask")
-
-
-def _cited_gallery(backend: Backend, res) -> list[tuple[str, str]]:
-    """(thumbnail, caption) of each cited image; the placeholder for one no longer readable."""
-    cites = []
-    for c in res.citations:
-        try:
-            th = str(backend.thumbnail(c.id))
-        except NotServable:
-            th = str(backend.thumbs.placeholder())
-        cites.append((th, f"[{c.n}] {display_name(c.path)} · {c.score:.3f}"))
-    return cites
-
-
-def _cited_items(backend: Backend, res) -> list[dict]:
-    """The cited images for the viewer, in the gallery's order, with their ``[n]`` and stored metadata."""
-    out = []
-    for c in res.citations:
-        try:
-            row = backend.row(c.id)
-        except NotServable:
-            row = {"id": c.id, "path": c.path}
-        out.append(dict(row, score=c.score, n=c.n))
-    return out
+    build_ask_tab(sh)
 
 
 def _index_view(backend: Backend) -> tuple[str, str]:

@@ -13,6 +13,7 @@ the package's ``__init__``) and the theme uses fonts bundled with Gradio or the 
 # no `from __future__ import annotations` here: FastAPI reads the route functions' annotations (Request,
 # query parameters) at runtime, and those types are imported inside create_app.
 
+import os
 import socket
 import sys
 import threading
@@ -97,6 +98,9 @@ def create_app(backend: Backend, auth: tuple[str, str] | None = None):
     def health():
         return {"ok": True, "index": str(backend.root), "job": backend.jobs.status.to_dict()}
 
+    from imgrag.app.web.api import create_api  # the JSON HTTP API, before the UI's catch-all mount at "/"
+
+    app.mount("/api/v1", create_api(backend, auth=auth, cookie_ok=logged_in))
     demo = build_blocks(backend)
     demo.queue(default_concurrency_limit=4, max_size=256)
     theme = gr.themes.Default(primary_hue="blue",
@@ -122,6 +126,20 @@ def parse_auth(spec: str | None) -> tuple[str, str] | None:
     if not sep or not user or not pw:
         raise ImgragError("--auth must be USER:PASSWORD (both non-empty)")
     return user, pw
+
+
+def allowed_roots(host: str, roots: list[str] | None) -> tuple[str, ...] | None:
+    """Folders the UI may index: ``--roots`` (checked to exist); None (any) on 127.0.0.1 without it; none at all
+    beyond 127.0.0.1 without it (a signed-in user could index, then read, any image on the server)."""
+    if roots:
+        out = []
+        for r in roots:
+            p = os.path.realpath(os.path.expanduser(r))
+            if not os.path.isdir(p):
+                raise ImgragError(f"--roots: not a folder: {r}")
+            out.append(p)
+        return tuple(out)
+    return None if host in LOCAL_HOSTS else ()
 
 
 def _check_port(host: str, port: int) -> None:
@@ -153,7 +171,8 @@ def serve(args) -> int:
     cfg = UIConfig(index_root=root, device=args.device, precision=args.precision,
                    generator=getattr(args, "generator", None),
                    max_upload_bytes=int(getattr(args, "max_upload_mb", 25) * 1024 * 1024),
-                   max_upload_pixels=int(getattr(args, "max_upload_mp", 50) * 1_000_000))
+                   max_upload_pixels=int(getattr(args, "max_upload_mp", 50) * 1_000_000),
+                   allowed_roots=allowed_roots(host, getattr(args, "roots", None)))
     backend = Backend(cfg)
     if not backend.has_index():
         print(f"imgrag: no index at {backend.root} yet; add a folder in the Index tab (new indexes use the "
