@@ -66,12 +66,18 @@ def test_extractive_answer_quotes_evidence_and_passes_the_check():
     assert c.supported and c.cited == [3]
 
 
-def test_checked_stream_marks_sentence_by_sentence():
-    removed: list[gr.SentenceCheck] = []
+def test_checked_stream_checks_sentence_by_sentence_keeping_chunks():
+    checks: list[gr.SentenceCheck] = []
     chunks = ["The rocket ", "is launching [1]. It thr", "ows a pole.\nDone"]
-    out = list(gr.checked_stream(iter(chunks), "What is the rocket doing?", {1: ROCKET}, removed))
-    assert "".join(out) == "The rocket is launching [1]. It throws a pole [unverified].\nDone"
-    assert [c.text for c in removed] == ["It throws a pole."]
+    out = list(gr.checked_stream(iter(chunks), "What is the rocket doing?", {1: ROCKET}, checks))
+    assert out == ["The rocket ", "is launching [1].", " It throws a pole [unverified].", "\n", "Done"]
+    assert [(c.text, c.supported) for c in checks] == [("The rocket is launching [1].", True),
+                                                        ("It throws a pole.", False), ("Done", True)]
+    checks.clear()
+    out = list(gr.checked_stream(iter([PREAMBLE[:20], PREAMBLE[20:] + "It is a rocket. ", "It throws a pole."]),
+                                 "What is it?", {1: ROCKET, 2: {"file": "pole.png"}}, checks, mode="drop"))
+    assert "".join(out) == PREAMBLE + "It is a rocket."  # checked against [1], the preamble's image only
+    assert [c.cited for c in checks] == [[1], [1]] and not checks[1].supported
 
 
 # ------------------------------------------------------------------------------------------- answer flow
@@ -156,7 +162,7 @@ def test_text_only_unsupported_sentence_dropped_or_replaced_by_extractive(tmp_pa
     wrong = Scripted(PREAMBLE + "The rocket is launching a missile or throwing a pole at a target.", text_only=True)
     s = answer(idx, q, generator=wrong, min_score=-1.0, k=2)
     text = s.text()
-    assert text.startswith('The closest match is "red_rocket.png" in the folder "coll" [1]')
+    assert text.startswith(PREAMBLE + 'The closest match is "red_rocket.png" in the folder "coll" [1]')
     assert "missile" not in text and [Path(c.path).name for c in s.result.citations] == ["red_rocket.png"]
     assert any("extractive" in n for n in s.result.notes)
     # a model that refuses is left alone; grounding off passes the text through

@@ -16,7 +16,8 @@ Grounding (``grounding=``, :mod:`imgrag.retrieval.queries.grounding`): each sent
 the question or to the text evidence of the image it cites. ``drop`` (default for text-only generators)
 removes unsupported sentences and, when none is left, answers with the cited image's evidence itself
 (extractive); ``mark`` (default for generators that see pixels, which may describe what no text says)
-streams sentence by sentence and marks unsupported ones ``[unverified]``; ``off`` passes the text as is.
+marks unsupported ones ``[unverified]``; ``off`` passes the text as is. With grounding on, the answer streams
+sentence by sentence (each is checked before it is shown), in the chunks the generator produced.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 from imgrag.retrieval.embedders import model_defaults
 from imgrag.retrieval.errors import BadQueryError
 from imgrag.retrieval.generators.base import EvidenceItem, Generator
-from imgrag.retrieval.generators.prompt import NOT_SHOWN, parse_citations, says_not_shown
+from imgrag.retrieval.generators.prompt import parse_citations, says_not_shown
 from imgrag.retrieval.queries import grounding as gr
 from imgrag.retrieval.paths import to_fs
 from imgrag.retrieval.queries.evidence import exif_text, item_facts  # noqa: F401 - exif_text re-exported
@@ -141,25 +142,35 @@ class AnswerStream:
             self.result = self._finish(text, [], notes)
             return
         chunks: list[str] = []
-        if self.grounding == "drop":  # checked before it is shown: a short text-only answer, sent whole
-            text = self._grounded_drop("".join(c for c in self.generator.stream(self.question, self.items) if c),
-                                       notes)
-            yield text
-        else:
-            stream = self.generator.stream(self.question, self.items)
-            removed: list[gr.SentenceCheck] = []
+        stream = self.generator.stream(self.question, self.items)
+        checks: list[gr.SentenceCheck] = []
+        facts = {it.n: it.facts for it in self.items}
+        if self.grounding in ("drop", "mark"):
+            stream = gr.checked_stream(stream, self.question, facts, checks, mode=self.grounding)
+        for chunk in stream:
+            if chunk:
+                chunks.append(chunk)
+                yield chunk
+        text = "".join(chunks).strip()
+        removed = [c for c in checks if not c.supported]
+        if removed:
+            self.unsupported = [c.text for c in removed]
+            what = "; ".join(repr(_clip(c.text)) for c in removed)
             if self.grounding == "mark":
-                stream = gr.checked_stream(stream, self.question, {it.n: it.facts for it in self.items}, removed)
-            for chunk in stream:
-                if chunk:
-                    chunks.append(chunk)
-                    yield chunk
-            text = "".join(chunks).strip()
-            if removed:
-                self.unsupported = [c.text for c in removed]
-                notes.append(f"{len(removed)} sentence(s) marked {gr.MARK.strip()}: they use words found neither in the "
-                             f"question nor in the text evidence of the image they cite ({_novel(removed)}); a model "
-                             "that sees the pixels may still be right, check the image")
+                notes.append(f"{len(removed)} sentence(s) marked {gr.MARK.strip()}: they use words found neither in "
+                             f"the question nor in the text evidence of the image they cite ({_novel(removed)}); a "
+                             "model that sees the pixels may still be right, check the image")
+            elif len(removed) < len(checks):
+                notes.append(f"dropped {len(removed)} unsupported sentence(s) of {self.generator_name}: {what} (words "
+                             f"in neither the question nor the image's text evidence: {_novel(removed)})")
+            else:  # nothing the model wrote is supported: answer with the evidence itself
+                n = (parse_citations(text, set(facts)) or [grounding_fallback(text, self.items)])[0]
+                notes.append(f"{self.generator_name} wrote {what}, which its text evidence does not support (words in "
+                             f"neither the question nor the evidence of [{n}]: {_novel(removed)}); answered with that "
+                             "evidence instead (extractive)")
+                extra = (" " if text else "") + gr.extractive_answer(self.question, n, facts[n])
+                yield extra
+                text = (text + extra).strip()
         valid = {it.n for it in self.items}
         cited = parse_citations(text, valid)
         invalid = [n for n in parse_citations(text) if n not in valid]
@@ -177,29 +188,6 @@ class AnswerStream:
             else:
                 notes.append("the answer cites no image")
         self.result = self._finish(text, cited, notes)
-
-    def _grounded_drop(self, raw: str, notes: list[str]) -> str:
-        """``raw`` without its unsupported sentences; when none is left, an extractive answer from the evidence
-        of the image it cites (or the rule's choice)."""
-        raw = raw.strip()
-        facts = {it.n: it.facts for it in self.items}
-        if not raw or says_not_shown(raw):
-            return raw or NOT_SHOWN
-        cited = parse_citations(raw, set(facts)) or [grounding_fallback(raw, self.items)]
-        g = gr.ground(raw, self.question, facts, mode="drop", default=cited)
-        if g.all_supported:
-            return raw
-        self.unsupported = [c.text for c in g.removed]
-        what = "; ".join(repr(_clip(c.text)) for c in g.removed)
-        if gr.split_preamble(g.text)[1].strip():
-            notes.append(f"dropped {len(g.removed)} unsupported sentence(s) of {self.generator_name}: {what} "
-                         f"(words in neither the question nor the image's text evidence: {_novel(g.removed)})")
-            return g.text
-        n = cited[0]
-        notes.append(f"{self.generator_name} wrote {what}, which its text evidence does not support (words in neither "
-                     f"the question nor the evidence of [{n}]: {_novel(g.removed)}); answered with that evidence "
-                     "instead (extractive)")
-        return gr.extractive_answer(self.question, n, facts[n])
 
     def _finish(self, text: str, cited: list[int], notes: list[str]) -> AnswerResult:
         by_n = {it.n: it for it in self.items}
@@ -298,6 +286,11 @@ def answer(index: "Index", question: str, *, k: int = 8, max_images: int = 4, ge
         if order != list(range(len(hits))):
             notes.append("rerank changed the order of the retrieved images (lexical cross-check of the question "
                          "with each image's text evidence)")
+    elif gen.text_only and mode != "off":  # it reads only text: send the images whose text mentions the question first
+        order = sorted(order, key=lambda i: -len(gr.shared_terms(q, facts[i])))
+        if order != list(range(len(hits))):
+            notes.append(f"{gen.name} reads only text evidence: retrieved images whose evidence holds the question's "
+                         "words are sent first")
     cap = max(1, min(max_images, int(getattr(gen, "max_images", max_images) or max_images)))
     items: list[EvidenceItem] = []
     dropped: list[Citation] = []

@@ -262,41 +262,61 @@ _END = re.compile(r"[.!?](?=\s)|\n")
 
 
 def checked_stream(chunks: Iterator[str], question: str, facts_by_n: Mapping[int, Mapping[str, str]],
-                   removed: list[SentenceCheck], default: list[int] | None = None) -> Iterator[str]:
-    """Pass a streamed answer on sentence by sentence, each checked (:func:`check_sentences`) and marked with
-    :data:`MARK` when unsupported (appended to ``removed``); the whitespace between sentences is kept and a
-    fixed preamble passes unchecked. Streaming granularity becomes one sentence."""
+                   checks: list[SentenceCheck], default: list[int] | None = None, *, mode: str = "mark") -> Iterator[str]:
+    """Pass a streamed answer on sentence by sentence, each checked (:func:`check_cited`, appended to
+    ``checks``): a supported sentence goes out as the chunks it came in; an unsupported one is dropped
+    (``mode="drop"``) or sent marked with :data:`MARK` (``"mark"``). A fixed preamble passes unchecked, and
+    its citation becomes the default for sentences that cite nothing. Streaming granularity: one sentence."""
+    if mode not in ("drop", "mark"):
+        raise ValueError(f"mode must be 'drop' or 'mark', got {mode!r}")
+    parts: list[str] = []  # the chunks (or chunk pieces) of the sentence being received
     buf, started = "", False
     for c in chunks:
         if not c:
             continue
+        parts.append(c)
         buf += c
         if not started:
             pre, rest = split_preamble(buf)
-            if not pre and len(buf) < 120 and buf.lstrip().startswith("From the text evidence"):
-                continue  # wait for the whole preamble
+            if not pre and len(buf) < 160 and "From the text evidence of image".startswith(buf.lstrip()[:31]):
+                continue  # may still become the preamble
             started = True
             if pre:
                 yield pre
-                buf = rest
+                default = default or citations(pre) or None
+                parts, buf = ([rest] if rest else []), rest
         while True:
             m = _END.search(buf)
             if not m:
                 break
-            cut = m.end()
-            yield _checked(buf[:cut], question, facts_by_n, removed, default)
-            buf = buf[cut:]
-    if buf:
-        yield _checked(buf, question, facts_by_n, removed, default)
+            head, parts = _split_parts(parts, m.end())
+            buf = buf[m.end():]
+            yield from _emit(head, question, facts_by_n, checks, default, mode)
+    if parts:
+        yield from _emit(parts, question, facts_by_n, checks, default, mode)
 
 
-def _checked(piece: str, question: str, facts_by_n, removed: list[SentenceCheck], default) -> str:
-    lead = piece[: len(piece) - len(piece.lstrip())]
+def _split_parts(parts: list[str], cut: int) -> tuple[list[str], list[str]]:
+    head: list[str] = []
+    for i, p in enumerate(parts):
+        if cut <= len(p):
+            head += [p[:cut]] if cut else []
+            return head, ([p[cut:]] if p[cut:] else []) + parts[i + 1:]
+        head.append(p)
+        cut -= len(p)
+    return head, []
+
+
+def _emit(parts: list[str], question: str, facts_by_n, checks: list[SentenceCheck], default, mode: str) -> Iterator[str]:
+    piece = "".join(parts)
     core = piece.strip()
     if not core:
-        return piece
+        yield from parts
+        return
     c = check_cited(core, question, facts_by_n, default)
+    checks.append(c)
     if c.supported:
-        return piece
-    removed.append(c)
-    return lead + _mark(core) + piece[len(lead) + len(core):]
+        yield from parts
+    elif mode == "mark":
+        lead = piece[: len(piece) - len(piece.lstrip())]
+        yield lead + _mark(core) + piece[len(lead) + len(core):]
