@@ -86,6 +86,15 @@ def top1(iv: np.ndarray, w: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean((iv @ w.T).argmax(axis=1) == y))
 
 
+def top1_calibrated(iv: np.ndarray, w: np.ndarray, y: np.ndarray, logit_scale: float) -> float:
+    """top-1 with the default calibration fitted on the evaluated images (as ``imgrag eval zeroshot``)."""
+    from imgrag.retrieval.queries.calibration import fit, resolve_method
+
+    sims = iv @ w.T
+    c = fit(resolve_method("auto"), sims, logit_scale)
+    return float(np.mean((c.apply(sims) if c else sims).argmax(axis=1) == y))
+
+
 def openclipart(emb, data: dict, seed: int) -> dict:
     from imgrag.retrieval.queries.classify import class_vectors, load_templates
 
@@ -109,13 +118,19 @@ def openclipart(emb, data: dict, seed: int) -> dict:
     sup = Supervision("openclipart half", "classes", [str(p) for p in data["paths"][sel][tune_idx]], X[tune_idx],
                       y[tune_idx], texts, tv, np.array(tkeys), labels)
     raw = top1(X[test_idx], W, y[test_idx])
+    ls = emb.logit_scale
+    from imgrag.retrieval.queries.calibration import resolve_method
+
     out = {"classes": len(labels), "tune_images": len(tune_idx), "test_images": len(test_idx),
-           "raw_top1": raw, "runs": []}
+           "raw_top1": raw, "calibration": resolve_method("auto"),
+           "calibrated_top1": top1_calibrated(X[test_idx], W, y[test_idx], ls), "runs": []}
     for loss in ("siglip", "clip"):
         for sides in ("text", "both"):
             res = train_adapter(sup, TuneConfig(loss=loss, sides=sides, seed=seed))
             after = top1(res.adapter.apply_image(X[test_idx]), res.adapter.apply_text(W), y[test_idx])
+            cal_after = top1_calibrated(res.adapter.apply_image(X[test_idx]), res.adapter.apply_text(W), y[test_idx], ls)
             out["runs"].append({"loss": loss, "sides": sides, "top1": after, "ratio": after / max(raw, 1e-9),
+                                "top1_calibrated": cal_after,
                                 "epochs": res.epochs, "best_epoch": res.best_epoch,
                                 "val_before": res.before["i2t_top1"], "val_after": res.after["i2t_top1"]})
             print(f"  openclipart {loss}/{sides}: top-1 {raw:.3f} -> {after:.3f}", file=sys.stderr, flush=True)
@@ -131,12 +146,13 @@ def openclipart(emb, data: dict, seed: int) -> dict:
         row = {"shots": shots, "examples": len(ex), "image_only": top1(X[test_idx], mix_prototypes(W, X[ex], y[ex], 1.0), y[test_idx])}
         for a in ALPHAS:
             row[f"alpha_{a}"] = top1(X[test_idx], mix_prototypes(W, X[ex], y[ex], a), y[test_idx])
+        row["default_calibrated"] = top1_calibrated(X[test_idx], mix_prototypes(W, X[ex], y[ex]), y[test_idx], ls)
         fs.append(row)
     out["fewshot"] = fs
     return out
 
 
-def samples_cv(emb, seed: int, folds: int = 5) -> dict:
+def samples_cv(emb, seed: int, folds: int = 5, loss: str = "siglip") -> dict:
     from imgrag.retrieval.queries.evaluate import read_captions
     from imgrag.retrieval.tune.data import _decode
 
@@ -161,13 +177,13 @@ def samples_cv(emb, seed: int, folds: int = 5) -> dict:
         sup = Supervision("captions", "captions", [images[i] for i in tr], iv[tr], np.arange(len(tr)),
                           [c for (p, c), s in zip(caps, tsel) if s], tv[tsel], np.array([remap[int(k)] for k in ckeys[tsel]]),
                           [images[i] for i in tr])
-        a = train_adapter(sup, TuneConfig(seed=seed)).adapter
+        a = train_adapter(sup, TuneConfig(loss=loss, seed=seed)).adapter
         q = ~tsel  # held-out captions, gallery: every image
         for vecs, h1, h5 in ((tv[q], raw_hits, raw5), (a.apply_text(tv[q]), hits, hits5)):
             order = np.argsort(-(vecs @ iv.T), axis=1)
             h1 += (order[:, 0] == ckeys[q]).tolist()
             h5 += (order[:, :5] == ckeys[q][:, None]).any(axis=1).tolist()
-    return {"images": len(images), "captions": len(caps), "folds": folds,
+    return {"loss": loss, "images": len(images), "captions": len(caps), "folds": folds,
             "raw_r1": float(np.mean(raw_hits)), "tuned_r1": float(np.mean(hits)),
             "raw_r5": float(np.mean(raw5)), "tuned_r5": float(np.mean(hits5))}
 
@@ -185,7 +201,7 @@ def main() -> None:
 
     emb = load_embedder(args.model, device="cpu", precision="fp32")
     result: dict = {"model": args.model, "seed": args.seed}
-    result["samples_captions"] = samples_cv(emb, args.seed)
+    result["samples_captions"] = [samples_cv(emb, args.seed, loss=loss) for loss in ("siglip", "clip")]
     print(json.dumps(result["samples_captions"]), file=sys.stderr, flush=True)
     if not args.skip_oc:
         tag = f"oc-{args.model.replace(':', '_')}-{args.limit_per_class or 'all'}"
