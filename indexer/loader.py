@@ -53,7 +53,8 @@ def _worker_died(e: BaseException) -> bool:
     return isinstance(e, (ConnectionError, EOFError))
 
 
-def decoded_batches(ds: DecodeDataset, batch_size: int, workers: int, pin_memory: bool = False):
+def decoded_batches(ds: DecodeDataset, batch_size: int, workers: int, pin_memory: bool = False,
+                    collate_fn=collate):
     """Yield collated batches of ``ds`` in order, decoding in ``workers`` processes.
 
     A hostile file can crash a native decoder (a segfault in a codec library) and with it the worker
@@ -64,7 +65,7 @@ def decoded_batches(ds: DecodeDataset, batch_size: int, workers: int, pin_memory
     from torch.utils.data import DataLoader
 
     if workers <= 0:
-        yield from DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=0, collate_fn=collate)
+        yield from DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=0, collate_fn=collate_fn)
         return
     try:  # torch raises worker deaths from a SIGCHLD handler at any point of the main thread (in the
         # middle of a commit, say); leave detection to the loader's own status check inside this loop
@@ -76,7 +77,7 @@ def decoded_batches(ds: DecodeDataset, batch_size: int, workers: int, pin_memory
     n, start = len(ds), 0
     while start < n:
         loader = DataLoader(_Range(ds, start, n), batch_size=batch_size, shuffle=False, num_workers=workers,
-                            collate_fn=collate, pin_memory=pin_memory, prefetch_factor=2, persistent_workers=False)
+                            collate_fn=collate_fn, pin_memory=pin_memory, prefetch_factor=2, persistent_workers=False)
         try:
             for batch in loader:
                 start += len(batch[0])
@@ -89,7 +90,7 @@ def decoded_batches(ds: DecodeDataset, batch_size: int, workers: int, pin_memory
         window = min(n, start + (2 * workers + 1) * batch_size)  # every file that was in flight
         while start < window:
             iso = DataLoader(_Range(ds, start, window), batch_size=1, shuffle=False, num_workers=1,
-                             collate_fn=collate, prefetch_factor=1, persistent_workers=False)
+                             collate_fn=collate_fn, prefetch_factor=1, persistent_workers=False)
             try:
                 for batch in iso:  # one file at a time: the worker only holds the file asked for
                     start += 1

@@ -23,13 +23,14 @@ from typing import Callable, Iterable
 import numpy as np
 
 from imgrag.indexer.commit import LocalCommitter, SkipLog
-from imgrag.indexer.decode import DEFAULT_MAX_PIXELS, DecodeDataset
+from imgrag.indexer.decode import DEFAULT_MAX_PIXELS, DecodeDataset, collate
 from imgrag.indexer.documents import DocTracker, PageOptions, plan_documents, reuse_key
 from imgrag.retrieval.locking import writer_lock
 from imgrag.indexer.loader import CRASH_REASON, decoded_batches, default_workers
 from imgrag.indexer.plan import make_plan, reuse_sources
 from imgrag.indexer.report import IndexReport, Progress
 from imgrag.indexer.scan import Skip, normalize_roots, scan
+from imgrag.indexer.tensor_decode import resolve_preprocess, tensor_loading
 from imgrag.indexer.sources import supported_extensions
 from imgrag.retrieval.errors import ImgragError
 from imgrag.retrieval.index import Index
@@ -60,6 +61,9 @@ class IndexOptions:
     ocr_pages: str = "auto"  # "auto" (when tesseract is installed), "on" (required), "off"
     ocr_images: bool = False  # also OCR images (screenshots, scans) so their text is searchable
     ocr_lang: str = "eng"
+    # "pil": decode + model transform in the workers; "tensor": workers read bytes (decode what the GPU cannot),
+    # JPEG decode and resize/normalise on the model's device (indexer/tensor_decode.py); "auto": tensor on CUDA
+    preprocess: str = "auto"
 
     def validate(self) -> None:
         """Refuse bad options before anything is written (the CLI's parser checks them too)."""
@@ -68,6 +72,8 @@ class IndexOptions:
         for name, low in (("batch_size", 1), ("commit_every", 1), ("page_tiles", 0), ("max_pixels", 1)):
             if int(getattr(self, name)) < low:
                 raise ImgragError(f"{name} must be at least {low}, got {getattr(self, name)}")
+        if self.preprocess not in ("auto", "pil", "tensor"):
+            raise ImgragError(f"preprocess must be auto, pil or tensor, got {self.preprocess!r}")
         if self.ocr_pages not in ("auto", "on", "off"):
             raise ImgragError(f"ocr_pages must be auto, on or off, got {self.ocr_pages!r}")
 
@@ -181,11 +187,16 @@ def _embed(index: Index, work: list, opts: IndexOptions, committer: LocalCommitt
     draft = emb.image_size if opts.draft else None
     if opts.ocr_images:
         draft = None  # OCR needs the full resolution
-    ds = DecodeDataset(work, transform, draft, opts.max_pixels, frozenset(committer.hash_to_id),
-                       page_transform=PageTransform(transform, crop_fraction_of(emb), opts.page_tiles),
-                       page_options=PageOptions(opts.dpi, opts.page_tiles, opts.ocr_pages, opts.ocr_lang),
-                       ocr_lang=opts.ocr_lang if opts.ocr_images else None)
+    ds_args = (work, transform, draft, opts.max_pixels, frozenset(committer.hash_to_id))
+    ds_kwargs = dict(page_transform=PageTransform(transform, crop_fraction_of(emb), opts.page_tiles),
+                     page_options=PageOptions(opts.dpi, opts.page_tiles, opts.ocr_pages, opts.ocr_lang),
+                     ocr_lang=opts.ocr_lang if opts.ocr_images else None)
     device = str(getattr(emb, "device", "cpu"))
+    collate_fn, finish = collate, None
+    if resolve_preprocess(opts.preprocess, device, emb) == "tensor":
+        ds, collate_fn, finish = tensor_loading(emb, device, ds_args, ds_kwargs)
+    else:
+        ds = DecodeDataset(*ds_args, **ds_kwargs)
     workers = default_workers(device) if opts.workers is None else max(0, opts.workers)
     workers = min(workers, max(0, (len(work) + opts.batch_size - 1) // opts.batch_size))
     # Workers only read files and run the image transform; they never touch the store, so LanceDB's
@@ -194,8 +205,10 @@ def _embed(index: Index, work: list, opts: IndexOptions, committer: LocalCommitt
     docs = committer.docs
     done = 0
     tw = time.perf_counter()
-    for results, pixels, rows in decoded_batches(ds, opts.batch_size, workers, device.startswith("cuda")):
+    for results, pixels, rows in decoded_batches(ds, opts.batch_size, workers, device.startswith("cuda"), collate_fn):
         secs["wait"] += time.perf_counter() - tw
+        if finish is not None:  # tensor path on CUDA: decode JPEGs + resize/normalise on the GPU
+            pixels, rows = finish(results, pixels)
         pixels, rows = _reuse_in_run(results, pixels, rows, committer.hash_to_id)
         for r in results:
             docs.page_done(r.entry.path)

@@ -150,6 +150,12 @@ class Embedder(ABC):
     def image_transform(self) -> Callable[["Image.Image"], "torch.Tensor"]:
         """Picklable callable turning one RGB PIL image into a (3, H, W) float tensor."""
 
+    def tensor_transform(self) -> Callable[[Sequence["torch.Tensor"]], "torch.Tensor"]:
+        """The same preprocessing as tensor ops (``imgrag index --preprocess tensor``): a picklable callable
+        turning a list of uint8 (3, H, W) tensors, on any device, into an (n, 3, H, W) float batch on that
+        device (see :class:`imgrag.retrieval.tensorprep.TensorPrep`). Embedders without one say so."""
+        raise ImgragError(f"{type(self).__name__} has no tensor preprocessing; use --preprocess pil")
+
     @abstractmethod
     def embed_pixels(self, pixels: "torch.Tensor") -> Embeddings:
         """Batched forward pass: (n, 3, H, W) tensor → (n, d) float32, rows L2-normalised."""

@@ -15,8 +15,8 @@ from imgrag.retrieval.embedders.base import (Embedder, Embeddings, ModelDefaults
 from imgrag.retrieval.embedders.lite import assets, cache
 from imgrag.retrieval.embedders.lite.spec import (DIM, LITE_DEFAULTS, LOGIT_SCALE, MODEL_ID, NUM_CLASSES, WORDINGS,
                                                   canonical_spec, parse_lite_spec)
-from imgrag.retrieval.embedders.lite.transform import (IMAGE_SIZE, INTERPOLATION, MEAN, RESIZE_SIZE, STD,
-                                                       LiteTransform)
+from imgrag.retrieval.embedders.lite.transform import (IMAGE_SIZE, INTERPOLATION, MAX_ASPECT_BEFORE_CROP, MEAN,
+                                                       RESIZE_SIZE, STD, LiteTransform)
 from imgrag.retrieval.errors import ModelUnavailableError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -200,6 +200,13 @@ class LiteEmbedder(Embedder):
         import torchvision.transforms.functional  # noqa: F401
 
         return self._transform
+
+    def tensor_transform(self) -> Callable[[Sequence["torch.Tensor"]], "torch.Tensor"]:
+        from imgrag.retrieval.tensorprep import TensorPrep
+
+        t = self._transform  # alpha on white happened in the decoder (pixels.to_rgb), as for the PIL path
+        return TensorPrep(size=(t.image_size, t.image_size), mean=t.mean, std=t.std, interpolation=INTERPOLATION,
+                          resize_mode="shortest", resize_size=t.resize_size, max_aspect=MAX_ASPECT_BEFORE_CROP)
 
     def nearest_class_names(self, vector: np.ndarray, k: int = 3) -> list[str]:
         """The ``k`` ImageNet classes whose names embed nearest ``vector`` (first lemma each), best first.

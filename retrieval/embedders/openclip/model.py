@@ -384,6 +384,12 @@ class OpenClipEmbedder(Embedder):
         self._ensure_loaded()
         return self._transform
 
+    def tensor_transform(self) -> Callable[[Sequence["torch.Tensor"]], "torch.Tensor"]:
+        from imgrag.retrieval.tensorprep import openclip_prep
+
+        self._ensure_loaded()
+        return openclip_prep(self._preprocess_cfg)
+
     # ---------------------------------------------------------------- forward passes
     def embed_pixels(self, pixels: "torch.Tensor") -> Embeddings:
         import torch
