@@ -71,7 +71,8 @@ def cmd_index(args) -> int:
     options = IndexOptions(batch_size=args.batch_size, workers=args.workers, draft=args.draft,
                            commit_every=args.commit_every, retry_skipped=args.retry_skipped, prune=args.prune,
                            dpi=args.dpi, page_tiles=args.page_tiles, ocr_images=args.ocr, ocr_pages=args.ocr_pages,
-                           max_pixels=pixel_limit(args.max_megapixels))
+                           max_pixels=pixel_limit(args.max_megapixels),
+                           preprocess=args.preprocess)
     options.validate()
     if args.engine != "ray":
         from imgrag.indexer.pipeline import check_roots

@@ -110,6 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
     pi.add_argument("--no-draft", dest="draft", action="store_false",
                     help="decode JPEGs at full size (default: reduced-size DCT decoding to the model's resolution)")
     pi.add_argument("--max-megapixels", type=_megapixels, metavar="N", help=MAX_MEGAPIXELS_HELP)
+    pi.add_argument("--preprocess", choices=["auto", "pil", "tensor"], default="auto",
+                    help="where images are decoded and resized: 'pil' = in the decode workers with the model's own "
+                         "PIL transform; 'tensor' = workers only read files (and decode formats the GPU cannot), "
+                         "JPEG decode and resize/normalise run as tensor ops on the model's device (also works on "
+                         "the CPU); 'auto' (default) = tensor when the model runs on CUDA, else pil. Local engine "
+                         "only (docs/gpu.md)")
     pi.add_argument("--commit-every", type=_positive_int, default=1024, help="rows per atomic commit (default 1024)")
     pi.add_argument("--retry-skipped", action="store_true", help="retry files that failed before even if unchanged")
     pi.add_argument("--no-prune", dest="prune", action="store_false", help="keep rows of files deleted from disk")
