@@ -229,6 +229,12 @@ def build_parser() -> argparse.ArgumentParser:
     from imgrag.app.cli.commands_collection import add_parsers as add_collection_parsers
 
     add_collection_parsers(sub, common)  # duplicates, export
+    from imgrag.app.cli.commands_groups import add_parsers as add_groups_parsers
+
+    add_groups_parsers(sub, common)  # groups
+    from imgrag.app.cli.commands_watch import add_parsers as add_watch_parsers
+
+    add_watch_parsers(sub, common)  # watch
 
     # eval
     pe = sub.add_parser("eval", parents=[common], help="measure retrieval / zero-shot quality of a model on your data")
@@ -292,6 +298,9 @@ def _add_serve(sub, common) -> None:
     pv.add_argument("--roots", nargs="+", metavar="DIR",
                     help="folders the Index tab and the HTTP API may add (and folders under them); without it, "
                          "any folder on 127.0.0.1 and none when listening beyond it")
+    pv.add_argument("--watch", nargs="+", metavar="PATH",
+                    help="also keep the index current with these folders while serving (as imgrag watch; "
+                         "shares the writer lock with the Index tab's jobs)")
     pv.add_argument("--generator", default=None, help="generator for the Ask tab (default smollm2)")
     pv.add_argument("--max-upload-mb", type=float, default=25, metavar="MB",
                     help="largest accepted upload in megabytes (default 25)")
