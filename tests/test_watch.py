@@ -242,3 +242,24 @@ def test_ctrl_c_leaves_a_consistent_index(store, tmp_path):
                           "--workers", "0"], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     assert len(all_rows(Index.open(idx))) == n
+
+
+def test_serve_watch_runs_in_a_background_thread(tmp_path):
+    pytest.importorskip("watchdog")
+    from imgrag.app.web.backend import Backend, UIConfig
+    from imgrag.app.web.server import _start_watch
+
+    coll = tmp_path / "coll"
+    tiny_collection(coll, 4)
+    index = Index.create_or_open(tmp_path / "idx", FakeEmbedder(), store="lancedb")
+    backend = Backend(UIConfig(index_root=tmp_path / "idx", index_workers=0, thumb_dir=tmp_path / "thumbs"),
+                      index=index)
+    w = _start_watch(backend, [str(coll)])
+    try:
+        assert w.thread is not None and w.thread.daemon
+        wait_until(lambda: index.store.count() == 4, WAIT, "the server's watcher to index the folder")
+        added = _image(coll / "added.png", 5)
+        wait_until(lambda: str(added) in _rows(index), WAIT, "a file added while serving")
+    finally:
+        w.stop(wait=60)
+    assert not w.thread.is_alive()

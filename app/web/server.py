@@ -180,8 +180,25 @@ def serve(args) -> int:
     _check_port(host, port)
     app = create_app(backend, auth=auth)
     threading.Thread(target=backend.warm_up, name="imgrag-warmup", daemon=True).start()
+    watcher = _start_watch(backend, args.watch) if getattr(args, "watch", None) else None
     shown = f"[{host}]" if ":" in host else host
     print(f"imgrag UI: http://{shown}:{port}  (index {backend.root}; Ctrl-C to stop)", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning" if not getattr(args, "verbose", False) else "info",
                 access_log=bool(getattr(args, "verbose", False)))
+    if watcher is not None:
+        watcher.stop(wait=30)  # ends after its running batch's commit
     return 0
+
+
+def _start_watch(backend: Backend, paths: list):
+    """``serve --watch``: the watcher in a background thread on the server's index. Its batches take the
+    writer lock the Index tab's jobs take, so the two never write at once: the watcher waits for a job to
+    finish; a job started during a batch is refused with the lock message."""
+    from imgrag.indexer.pipeline import IndexOptions
+    from imgrag.indexer.watch import WatchOptions, Watcher
+
+    watcher = Watcher(backend._index_for_writing(), paths,
+                      WatchOptions(index=IndexOptions(workers=backend.config.index_workers)))
+    watcher.start_thread()
+    print(f"imgrag: watching {', '.join(watcher.roots)} (new, changed and deleted files are indexed)", flush=True)
+    return watcher
