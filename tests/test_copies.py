@@ -147,3 +147,28 @@ def test_web_backend_lists_copies_and_all_copies_option(indexed, tmp_path):
                              all_copies=True), index=idx)
     got = every.search_text("red", k=4)
     assert {it.path for it in got} == reds and all(it.copies == () for it in got)
+
+
+@pytest.mark.parametrize("store", STORES)
+def test_two_copies_of_a_pdf_reuse_and_fold_page_by_page(tmp_path, store):
+    from test_documents import write_text_pdf
+
+    from imgrag.retrieval.queries.hybrid import search_documents
+
+    d = tmp_path / "docs"
+    (d / "old").mkdir(parents=True)
+    write_text_pdf(d / "guide.pdf", ["Cormorants nest on the sea cliffs", "Puffins dig burrows in the turf"],
+                   fills=[(200, 230, 250), (250, 230, 200)])
+    shutil.copy(d / "guide.pdf", d / "old" / "guide.pdf")
+    idx = Index.create_or_open(tmp_path / "idx", FakeEmbedder(), store=store)
+    rep = build_index(idx, [str(d)], IndexOptions(batch_size=8, workers=0, dpi=50))
+    assert (rep.embedded, rep.reused, rep.total_items) == (2, 2, 4)  # each page once, its copy reused
+    rows = {r["id"]: r for r in idx.store.get([f"{d / 'old' / 'guide.pdf'}#page={p}" for p in (1, 2)]).to_pylist()}
+    assert {r["page"] for r in rows.values()} == {1, 2} and "Puffins" in rows[f"{d / 'old' / 'guide.pdf'}#page=2"]["text"]
+    for mode in ("hybrid", "text", "vector"):
+        pages = {1} if mode == "text" else {1, 2}  # text mode: only the page holding the words
+        hits = search_documents(idx, "cormorants cliffs", k=4, mode=mode)
+        assert sorted(h.row["page"] for h in hits) == sorted(pages), mode  # page by page, not all in one
+        assert all(len(h.row["copies"]) == 1 for h in hits)
+        every = search_documents(idx, "cormorants cliffs", k=4, mode=mode, all_copies=True)
+        assert len(every) == 2 * len(pages) and all("copies" not in h.row for h in every)
