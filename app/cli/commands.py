@@ -11,6 +11,7 @@ import sys
 from typing import Sequence
 
 from imgrag.app.cli.commands_collection import COMMANDS as COLLECTION_COMMANDS
+from imgrag.app.cli.commands_groups import COMMANDS as GROUPS_COMMANDS
 from imgrag.app.cli.commands_watch import COMMANDS as WATCH_COMMANDS
 from imgrag.app.cli.output import (IndexProgress, hit_dict, print_answer, print_classified, print_hits,
                                    print_index_report, print_info, print_json, print_skipped)
@@ -342,4 +343,5 @@ def cmd_tune(args) -> int:
 COMMANDS = {"tune": cmd_tune, "index": cmd_index, "search": cmd_search, "classify": cmd_classify, "info": cmd_info,
             "ask": cmd_ask, "serve": cmd_serve, "eval": cmd_eval}
 COMMANDS.update(COLLECTION_COMMANDS)
+COMMANDS.update(GROUPS_COMMANDS)
 COMMANDS.update(WATCH_COMMANDS)

@@ -229,6 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
     from imgrag.app.cli.commands_collection import add_parsers as add_collection_parsers
 
     add_collection_parsers(sub, common)  # duplicates, export
+    from imgrag.app.cli.commands_groups import add_parsers as add_groups_parsers
+
+    add_groups_parsers(sub, common)  # groups
     from imgrag.app.cli.commands_watch import add_parsers as add_watch_parsers
 
     add_watch_parsers(sub, common)  # watch
