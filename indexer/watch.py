@@ -1,26 +1,21 @@
-"""Keeping an index current (``imgrag watch``, ``imgrag serve --watch``): file-system events or periodic
-rescans → a bounded set of dirty paths → small batches through the ordinary incremental pipeline.
+"""Keeping an index current (``imgrag watch``, ``serve --watch``): file-system events or rescans → a bounded
+set of dirty paths → small batches through the ordinary incremental pipeline (no second indexer).
 
-There is no second indexer. A batch is the paths that became *ready* (below), handed to
-:func:`~imgrag.indexer.pipeline.build_index` as its roots: files and folders may be roots, and pruning is
-limited to the roots, so the planner does what it does for ``imgrag index`` — new, changed, unchanged,
-renamed (a vector reused by content hash) — on just those paths. Deleted paths cannot be roots (they no
-longer exist); :func:`prune_missing` removes the rows under them whose files are gone, *after* the
-additions of the same batch, so a renamed file still finds its old row's vector to reuse.
-
-- **Ready.** A file is taken when nothing happened to it for ``settle`` seconds and its size and mtime
-  stayed the same over another ``settle`` seconds (a half-copied file is not indexed as corrupt); with
-  inotify a file written to and not yet closed waits for its close (at most ``open_grace`` seconds).
-  Deletions wait until no addition is pending (at most ``max_defer`` seconds): renames reuse vectors.
-- **Bounded memory.** Events only update :class:`DirtySet`; beyond ``max_pending`` files they coalesce into
-  their folders, beyond ``max_dirs`` folders into the watched roots (a burst of 10,000 copied files becomes
-  one folder to index). watchdog's own queue stays short because the handler does O(depth) work.
-- **Rescans** (every ``rescan_every`` seconds, and once at start) list the roots, compare them with the
-  index (:func:`~imgrag.indexer.plan.make_plan`, Arrow columns) and feed the same set: the fallback for
-  network mounts (no inotify events) and the only source with ``poll=True`` or without watchdog.
-- **One writer.** Each batch takes the index's writer lock (readers never wait); when another writer
-  holds it the batch is put back and retried with a bounded backoff, logged once. Every commit is atomic;
-  Ctrl-C ends the current batch's run cleanly (what was committed stays) and raises KeyboardInterrupt.
+- **Batches.** The paths that became *ready* are :func:`~imgrag.indexer.pipeline.build_index`'s roots
+  (files and folders; pruning stays within the roots), so the planner does new / changed / renamed (vector
+  reused by content hash) on just them. Deleted paths cannot be roots: :func:`prune_missing` removes their
+  rows *after* the batch's additions, so a renamed file still finds its old row's vector.
+- **Ready.** Nothing happened to a file for ``settle`` s and its size/mtime stayed the same another
+  ``settle`` s (half-copied files are not indexed as corrupt); with inotify, a file written to waits for its
+  close (at most ``open_grace`` s). Deletions wait until no addition is pending (at most ``max_defer`` s).
+- **Bounded memory.** Events only update :class:`DirtySet` (O(depth) each); past ``max_pending`` files
+  they coalesce into their folders, past ``max_dirs`` folders into the watched roots.
+- **Rescans** (at start, then every ``rescan_every`` s) compare a listing with the index
+  (:func:`~imgrag.indexer.plan.make_plan`) and feed the same set: the fallback for network mounts, and the
+  only source with ``poll=True`` or without watchdog. An unreachable root keeps its rows.
+- **One writer.** Each batch takes the writer lock (readers never wait); while another writer holds it the
+  batch is put back and retried with a bounded backoff, logged once. Commits are atomic; Ctrl-C ends the
+  running batch's pipeline run cleanly and is raised again as KeyboardInterrupt.
 """
 
 from __future__ import annotations
