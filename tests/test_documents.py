@@ -631,15 +631,16 @@ def test_ui_backend_search_uses_hybrid_for_documents_and_shows_page_and_snippet(
     m = matches_html([it.to_dict() for it in items])
     assert "1. guide.pdf · page 2</span>" in m
     assert "<mark>Cormorants</mark> nest on the sea <mark>cliffs</mark>" in m
-    # the Search tab's handler returns the same list as its last output (the #search-matches panel)
+    # the Search tab's handler fills the #search-matches panel with the same list
     from imgrag.app.web.layout import build_blocks
 
     demo = build_blocks(be)
     fns = demo.fns.values() if isinstance(demo.fns, dict) else demo.fns
     handler = next(f for f in fns if getattr(f, "api_name", None) == "search")
-    out = handler.fn("cormorants cliffs", 3, 0.0, False, "", "", "")
+    out = handler.fn("cormorants cliffs", 3, 0.0, False, "", "", "", "", "")  # no label / type filter
     assert len(out) == len(handler.outputs)
-    assert "<mark>Cormorants</mark> nest on the sea <mark>cliffs</mark>" in out[-1] and "page 2" in out[-1]
+    panel = out[[getattr(o, "elem_id", None) for o in handler.outputs].index("search-matches")]
+    assert "<mark>Cormorants</mark> nest on the sea <mark>cliffs</mark>" in panel and "page 2" in panel
 
 
 def test_vector_gate_keeps_a_noise_ranking_out_of_the_fusion():
