@@ -129,6 +129,9 @@ def detail_html(it: dict[str, Any] | None) -> str:
 def job_html(st: JobStatus) -> str:
     if st.state == "idle":
         return "<div class='imgrag-status'>No background job has run yet.</div>"
+    if st.kind == "index" and st.state == "done" and st.detail.get("scanned") == 0:  # not "0/0 done"
+        return (f"<div class='imgrag-job' data-state='done'><div>no images found in "
+                f"{esc(st.title.removeprefix('index '))}</div></div>")
     pct = round(100 * st.fraction)
     unit = {"index": "images", "tune": "steps"}.get(st.kind, "items")
     line = f"{esc(st.title)}: {st.done}/{st.total} {unit}"
