@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from imgrag.retrieval.errors import BadQueryError, ImgragError
-from imgrag.retrieval.paths import display, from_display, to_fs
+from imgrag.retrieval.paths import display, from_display
 
 if TYPE_CHECKING:  # pragma: no cover
     from imgrag.app.web.backend import Backend
@@ -125,6 +125,11 @@ def remove_folder(backend: "Backend", folder: str) -> int:
     return len(ids)
 
 
-def fs_folder(folder: str) -> str:
-    """A stored-form folder as the file system names it (for the indexer)."""
-    return to_fs(folder)
+def add_folder(backend: "Backend", folder: str):
+    """Index ``folder`` in the background (:meth:`Backend.start_indexing`, which applies :func:`check_allowed`)
+    and remember it for the folder list."""
+    from imgrag.retrieval.paths import to_stored
+
+    st = backend.start_indexing(folder)
+    remember(backend, to_stored(os.path.realpath(os.path.expanduser(folder.strip()))))
+    return st

@@ -241,10 +241,12 @@ def _classify_tab(sh: _Shared, default_templates: str) -> _ClassifyParts:
         cls_status = gr.HTML(status_html(), elem_id="classify-status")
         with gr.Row():
             cls_results_btn = gr.Button("Classify the current search results", elem_id="classify-results")
-            write_back = gr.Checkbox(True, label="Write the top label into the index (filterable later)")
-            cls_index_btn = gr.Button("Classify whole index (background)", elem_id="classify-index")
+            cls_index_btn = gr.Button("Preview labels for the whole index (background)", elem_id="classify-index")
         cls_table = gr.HTML("", elem_id="classify-table")
         cls_job = gr.HTML(job_html(backend.jobs.status), elem_id="classify-job")
+        from imgrag.app.web.classify_tab import write_section  # preview first, then a confirmed write
+
+        write_section(backend, labels, templates, cls_job, cls_status, sh.timer)
 
     def run_classify(path, labels_, templates_):
         try:
@@ -263,7 +265,7 @@ def _classify_tab(sh: _Shared, default_templates: str) -> _ClassifyParts:
 
     cls_results_btn.click(run_classify_results, [sh.results, labels, templates], [cls_table, cls_status],
                           api_name="classify_results")
-    return _ClassifyParts(labels=labels, templates=templates, write_back=write_back, index_btn=cls_index_btn,
+    return _ClassifyParts(labels=labels, templates=templates, write_back=None, index_btn=cls_index_btn,
                           status=cls_status, job=cls_job)
 
 
@@ -306,6 +308,9 @@ def _index_tab(sh: _Shared, demo) -> _IndexParts:
                                              elem_id="tune-loss")
                         tune_btn = gr.Button("Tune adapter (background)", scale=1, elem_id="tune-button")
         skipped_box = gr.HTML("", elem_id="index-skipped")
+        from imgrag.app.web.index_tab import folders_section  # indexed folders: list, remove (web/index_tab.py)
+
+        folders_section(backend, demo, idx_job)
 
     def index_view():
         return _index_view(backend)
@@ -325,7 +330,9 @@ def _job_wiring(sh: _Shared, demo, cls: _ClassifyParts, idx: _IndexParts) -> Non
 
     def start_index(folder_):
         try:
-            backend.start_indexing(folder_)
+            from imgrag.app.web.folders import add_folder  # remembered for the folder list
+
+            add_folder(backend, folder_)
         except Exception as e:  # noqa: BLE001
             return status_html(error_text(e), True), gr.skip()
         return status_html("indexing started; you can keep searching meanwhile"), gr.Timer(active=True)
@@ -342,14 +349,16 @@ def _job_wiring(sh: _Shared, demo, cls: _ClassifyParts, idx: _IndexParts) -> Non
 
     idx.tune_btn.click(start_tune, [idx.tune_source, idx.tune_loss], [idx.status, sh.timer], api_name="tune")
 
-    def start_classify_index(labels_, templates_, write_):
+    def start_classify_index(labels_, templates_):
+        from imgrag.app.web.classify_tab import start_preview  # nothing is written until "Write these labels"
+
         try:
-            backend.start_classify_index(labels_, templates_, bool(write_))
+            start_preview(backend, labels_, templates_)
         except Exception as e:  # noqa: BLE001
             return status_html(error_text(e), True), gr.skip()
-        return status_html("classifying the whole index in the background"), gr.Timer(active=True)
+        return status_html("previewing labels over the whole index (nothing is written yet)"), gr.Timer(active=True)
 
-    cls.index_btn.click(start_classify_index, [cls.labels, cls.templates, cls.write_back], [cls.status, sh.timer],
+    cls.index_btn.click(start_classify_index, [cls.labels, cls.templates], [cls.status, sh.timer],
                         api_name="classify_index")
 
     def tick():
