@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import warnings
 from typing import Any, Callable
 
 from imgrag.indexer.decode import MAX_ASPECT, DecodeDataset, DecodeResult
@@ -192,7 +193,9 @@ class JpegDecoder:
             except Exception as e:  # noqa: BLE001 - fall back for good, with the reason in the log
                 log.warning("nvImageCodec failed (%s); using torchvision.io.decode_jpeg from now on", e)
                 self._nvimgcodec = None
-        from torchvision.io import ImageReadMode, decode_jpeg
+        with warnings.catch_warnings():  # torchvision 0.29 points to TorchCodec, which has no batched nvJPEG call
+            warnings.simplefilter("ignore", DeprecationWarning)
+            from torchvision.io import ImageReadMode, decode_jpeg
 
         try:
             return list(decode_jpeg(blobs, mode=ImageReadMode.RGB, device=self.device))
