@@ -50,7 +50,7 @@ def run_load(base: str, image_ids: list[str], users: int = 20, requests: int = 5
             try:
                 if kind == "search":
                     q = QUERIES[(u * 7 + i) % len(QUERIES)]
-                    out = gradio_call(base, "search", [q, 12, 0, False, "", "", ""], timeout=timeout)
+                    out = gradio_call(base, "search", [q, 12, 0, False, "", "", "", "", "all"], timeout=timeout)
                     gal = out[0]
                     if not gal:
                         raise RuntimeError(f"empty gallery for {q!r}")
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         base = server.url
         from ui_support import gradio_call
 
-        gradio_call(base, "search", ["warm up", 1, 0, False, "", "", ""], timeout=600)  # model loaded
+        gradio_call(base, "search", ["warm up", 1, 0, False, "", "", "", "", "all"], timeout=600)  # model loaded
     try:
         log(f"{args.users} users × {args.requests} requests against {base}")
         res = run_load(base, image_ids, args.users, args.requests)

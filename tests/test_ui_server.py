@@ -115,15 +115,22 @@ def test_path_traversal_cannot_read_anything_else(site):
 
 def test_search_api_and_query_image_terms(site):
     srv, secret = site["server"], site["secret"]
-    out = gradio_call(srv.url, "search", ["a photo", 3, 0, False, "", "", ""])
-    gal, status = out[0], out[-2]  # outputs end with the status line, then the document text matches
+    out = gradio_call(srv.url, "search", ["a photo", 3, 0, False, "", "", "", "", "all"])  # no label/type filter
+    gal, status = out[0], _status(out)
     assert len(gal) == 3 and "3 result(s)" in status
     for g in gal:  # gallery images are thumbnails from the cache, fetchable
         st, body, _ = http_get(g["image"]["url"])
         assert st == 200 and body[:3] == b"\xff\xd8\xff" and "/imgrag/thumbs/" in g["image"]["url"]
     # a query naming a non-indexed file is refused with a message (and reads nothing)
-    out = gradio_call(srv.url, "search", [f"image:{secret}", 3, 0, False, "", "", ""])
-    assert out[0] == [] and "indexed image" in out[-2] and "imgrag-error" in out[-2]
+    out = gradio_call(srv.url, "search", [f"image:{secret}", 3, 0, False, "", "", "", "", "all"])
+    assert out[0] == [] and "indexed image" in _status(out) and "imgrag-error" in _status(out)
+
+
+def _status(out: list) -> str:
+    """The search handler's status line among its outputs (found by its markup, not its position)."""
+    hits = [o for o in out if isinstance(o, str) and ("imgrag-status" in o or "imgrag-error" in o)]
+    assert len(hits) == 1, out
+    return hits[0]
 
 
 def _upload(url: str, data: bytes, name: str) -> tuple[int, bytes]:
@@ -155,7 +162,7 @@ def test_host_warning_and_auth(site, tmp_path):
         st, _, _ = http_get(f"{srv.url}/imgrag/image?id={cat}")
         assert st == 401
         with pytest.raises(urllib.error.HTTPError) as e:  # the API needs the login too
-            gradio_call(srv.url, "search", ["a photo", 3, 0, False, "", "", ""])
+            gradio_call(srv.url, "search", ["a photo", 3, 0, False, "", "", "", "", "all"])
         assert e.value.code in (401, 403)
         jar = http.cookiejar.CookieJar()
         opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
