@@ -267,3 +267,29 @@ def test_ask_refuses_bad_input(site):
     assert st == 422 and "question" in json.loads(data)["error"]
     st, data, _ = call(site, "POST", "/ask", raw=b"{not json", ctype="application/json")
     assert st in (400, 422) and set(json.loads(data)) == {"error"}
+
+
+def test_roots_rule_for_indexing_from_the_ui(tmp_path):
+    """127.0.0.1 without --roots: any folder; beyond it: only under --roots (symlinks resolved), none without."""
+    from imgrag.app.web.backend import Backend, UIConfig
+    from imgrag.app.web.server import allowed_roots
+    from imgrag.retrieval.errors import ImgragError
+
+    allowed, other = tmp_path / "allowed", tmp_path / "other"
+    (allowed / "sub").mkdir(parents=True)
+    other.mkdir()
+    os.symlink(other, allowed / "escape")
+    assert allowed_roots("127.0.0.1", None) is None and allowed_roots("0.0.0.0", None) == ()
+    with pytest.raises(ImgragError, match="not a folder"):
+        allowed_roots("0.0.0.0", [str(tmp_path / "missing")])
+    for roots, ok, refused in ((allowed_roots("0.0.0.0", [str(allowed)]), [allowed, allowed / "sub"],
+                                [other, allowed / "escape", tmp_path]),
+                               (allowed_roots("0.0.0.0", None), [], [allowed, other])):
+        b = Backend(UIConfig(index_root=tmp_path / "idx", allowed_roots=roots, thumb_dir=tmp_path / "thumbs"))
+        for f in refused:
+            with pytest.raises(ImgragError, match="roots"):
+                b.start_indexing(str(f))
+        for f in ok:
+            from imgrag.app.web.folders import check_allowed
+
+            check_allowed(b, f)  # no error
