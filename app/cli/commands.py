@@ -215,11 +215,12 @@ def cmd_classify(args) -> int:
 
         labels, ex_vecs, ex_targets, _embedded = load_examples(index, args.examples, labels)
         examples = (ex_vecs, ex_targets)
-    clf = ZeroShotClassifier(index.embedder, labels, args.templates, _thresholds(args.threshold, labels),
-                             calibration=args.calibration)
     from imgrag.retrieval.tune import active_adapter
+    from imgrag.retrieval.tune.adapter import tuned_calibration
 
     adapter = active_adapter(index)
+    clf = ZeroShotClassifier(index.embedder, labels, args.templates, _thresholds(args.threshold, labels),
+                             calibration=tuned_calibration(args.calibration, adapter is not None or bool(examples)))
     if adapter is not None:  # class texts pass through the tuned adapter like search queries
         clf.weights = adapter.apply_text(clf.weights)
     if examples is not None:  # few-shot: text prototypes mixed with the examples' mean (retrieval/tune/fewshot.py)

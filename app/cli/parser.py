@@ -195,7 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     pc.add_argument("--limit", type=_positive_int, default=50, help="rows printed for whole-index runs (default 50)")
     pc.add_argument("--no-adapter", action="store_true", help="ignore the index's tuned adapter (imgrag tune), to compare")
     _calibration_arg(pc, "each label's scores are corrected for label-prior and hub bias, with statistics of the "
-                         "collection (whole index) or of a random sample of the index (--image, --query)")
+                         "collection (whole index) or of a random sample of the index (--image, --query); auto "
+                         "is none when a tuned adapter or --examples is used (measured better there)")
     _filter_args(pc)
     pc.add_argument("--json", action="store_true", help="print predictions as JSON (all rows)")
 

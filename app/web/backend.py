@@ -263,13 +263,19 @@ class Backend:
         tmpl_lines = [ln.strip() for ln in (templates or "").splitlines()
                       if ln.strip() and not ln.lstrip().startswith("#")]
         tmpls = tuple(load_templates(tmpl_lines or None))
-        key = (labs, tmpls)
+        from imgrag.retrieval.tune.adapter import active_adapter, tuned_calibration
+
+        adapter = active_adapter(self.index())  # class texts go through a tuned adapter, as in imgrag classify
+        key = (labs, tmpls, None if adapter is None else (adapter.meta.get("created_at"), adapter.meta.get("data_digest")))
         with self._lock:
             clf = self._classifiers.get(key)
             if clf is not None:
                 self._classifiers.move_to_end(key)
                 return clf
-        clf = ZeroShotClassifier(self.embedder(), labs, list(tmpls))
+        clf = ZeroShotClassifier(self.embedder(), labs, list(tmpls),
+                                 calibration=tuned_calibration("auto", adapter is not None))
+        if adapter is not None:
+            clf.weights = adapter.apply_text(clf.weights)
         with self._lock:
             self._classifiers[key] = clf
             while len(self._classifiers) > 16:

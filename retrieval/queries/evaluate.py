@@ -297,8 +297,11 @@ def run_cli(args) -> int:
                 print(f"{name:14}" + "".join(f"{100 * d[k]:>7.1f}%" for k in KS))
         return 0
     sets = args.templates or ["none", "photo", "simple", "openai"]
+    from imgrag.retrieval.tune.adapter import tuned_calibration
+
+    calibration = tuned_calibration(getattr(args, "calibration", "auto"), adapter is not None)  # as classify
     run = eval_zeroshot(emb, args.dir, sets, args.depth, args.limit_per_class, args.batch_size, max_pixels=max_pixels,
-                        calibration=getattr(args, "calibration", "auto"), adapter=adapter)
+                        calibration=calibration, adapter=adapter)
     n, reps = run.images, run.reports
     if args.json:
         print(json.dumps({"model": model, **extra, "images": n, "skipped": len(run.skipped),
