@@ -144,12 +144,12 @@ def test_map_html_has_thumbnails_dots_and_an_escaped_data_block(monkeypatch):
 
     monkeypatch.setattr(map_tab, "THUMB_POINTS", 10)
     rows = _rows(30)
-    rows[0]["path"] = "/photos/<b>x</b>/<img src=x onerror=alert(1)>.jpg"
+    rows[0]["path"] = "/photos/<b>x<i>/<img src=x onerror=alert(1)>.jpg"
     x = _clustered(30)
     data = pj.project_store(ArrayStore(x, rows), max_points=30)
     html = map_tab.map_html(data, pj.group_values(data.vectors, k=3), "folder")
     assert html.count("<image ") == 10 and html.count("<circle ") == 20
-    assert "<img src=x" not in html and "<b>x</b>" not in html  # names are escaped text
+    assert "<img src=x" not in html and "<b>x<i>" not in html  # names are escaped text
     assert "data-for='map'" in html and "data-imgrag-source='map'" in html
     assert re.search(r"30 items · PCA", html)
-    assert "beach (9)" in html and "city (10)" in html and "&lt;b&gt;x&lt;/b&gt; (1)" in html
+    assert "beach (9)" in html and "city (10)" in html and "&lt;b&gt;x&lt;i&gt; (1)" in html

@@ -101,6 +101,9 @@ def build_blocks(backend: Backend):
         _image_tab(sh)
         cls = _classify_tab(sh, "\n".join(load_templates("simple")))
         _ask_tab(sh)
+        from imgrag.app.web.map_tab import map_tab  # 2-D map of the collection, colour, zoom, box select
+
+        map_tab(backend)
         idx = _index_tab(sh, demo)
         _job_wiring(sh, demo, cls, idx)
         from imgrag.app.web.collection import first_screen

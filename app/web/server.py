@@ -26,6 +26,7 @@ from imgrag.app.web.collection import preview as preview_of
 from imgrag.app.web.html import CSS
 from imgrag.app.web.layout import build_blocks
 from imgrag.app.web.viewer import head_html
+from imgrag.app.web.map_tab import head_html as map_head_html
 from imgrag.retrieval.errors import ImgragError
 
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
@@ -109,8 +110,8 @@ def create_app(backend: Backend, auth: tuple[str, str] | None = None):
     import inspect
 
     opts = dict(auth=auth, footer_links=["api", "settings"], run_history=False,
-                max_file_size=backend.config.max_upload_bytes, theme=theme, css=CSS, head=head_html(), allowed_paths=[],
-                show_error=True, ssr_mode=False, mcp_server=False)
+                max_file_size=backend.config.max_upload_bytes, theme=theme, css=CSS, allowed_paths=[],
+                head=head_html() + map_head_html(), show_error=True, ssr_mode=False, mcp_server=False)
     accepted = inspect.signature(gr.mount_gradio_app).parameters
     app = gr.mount_gradio_app(app, demo, path="/", **{k: v for k, v in opts.items() if k in accepted})
     for r in app.routes:
