@@ -101,6 +101,9 @@ def build_blocks(backend: Backend):
         _image_tab(sh)
         cls = _classify_tab(sh, "\n".join(load_templates("simple")))
         _ask_tab(sh)
+        from imgrag.app.web.duplicates_tab import build_duplicates_tab  # groups of copies, nothing deleted
+
+        build_duplicates_tab(sh)
         from imgrag.app.web.map_tab import map_tab  # 2-D map of the collection, colour, zoom, box select
 
         map_tab(backend)
