@@ -79,6 +79,16 @@ def test_cli_examples_mix_prototypes(colour_index, tmp_path, capsys):
     for p, row in zip(paths, expect):
         assert np.allclose([got[p][lab] for lab in ("red", "green", "blue")], row, atol=1e-4), p
 
+    # calibration auto is off with examples (measured: it lowers few-shot top-1): the default equals none
+    capsys.readouterr()
+    assert main(["classify", "--templates", "none", "--top", "3", "--json", "--index", str(idx),
+                 "--labels", "red,green,blue", "--examples", str(ex)]) == 0
+    assert {r["path"]: dict(r["top"]) for r in json.loads(capsys.readouterr().out)} == got
+    from imgrag.retrieval.tune.adapter import tuned_calibration
+
+    assert tuned_calibration("auto", True) == "none" and tuned_calibration("zscore", True) == "zscore"
+    assert tuned_calibration("auto", False) == "auto"
+
     # without --labels the folder names are the labels (blue is then not a label at all)
     code, rows = _classify(main, capsys, idx, "--examples", str(ex))
     assert code == 0 and all(set(dict(r["top"])) == {"Red", "green"} for r in rows)

@@ -49,6 +49,14 @@ def test_tune_job_from_the_index_tab_and_adapter_shown(backend):
     assert "active: clip loss on folders" in info_html(info)
     assert "tuned adapter active" in welcome_html(info, [], [])
     assert (b.root / "adapter.npz").is_file()
+    # the Classify tab's classifier passes class texts through the adapter, uncalibrated (as the CLI)
+    from imgrag.retrieval.queries.classify import ZeroShotClassifier
+    from imgrag.retrieval.tune import load_adapter
+
+    clf = b.classifier("red\ngreen\nblue", "")
+    plain = ZeroShotClassifier(b.embedder(), ["red", "green", "blue"])
+    assert clf.calibration == "none"
+    assert clf.weights == pytest.approx(load_adapter(b.index()).apply_text(plain.weights), abs=1e-6)
 
 
 def test_tune_job_fails_while_another_writer_holds_the_lock(backend):
