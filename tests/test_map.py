@@ -153,3 +153,13 @@ def test_map_html_has_thumbnails_dots_and_an_escaped_data_block(monkeypatch):
     assert "data-for='map'" in html and "data-imgrag-source='map'" in html
     assert re.search(r"30 items · PCA", html)
     assert "beach (9)" in html and "city (10)" in html and "&lt;b&gt;x&lt;i&gt; (1)" in html
+
+
+def test_tsne_where_installed_places_the_same_sample():
+    pytest.importorskip("sklearn", reason="scikit-learn (t-SNE) is not installed")
+    x = _clustered(120)
+    pca_map = pj.project_store(ArrayStore(x, _rows(120)), max_points=100, seed=2)
+    tsne_map = pj.project_store(ArrayStore(x, _rows(120)), max_points=100, seed=2, method="tsne")
+    assert tsne_map.method == "tsne" and [r["id"] for r in tsne_map.rows] == [r["id"] for r in pca_map.rows]
+    assert tsne_map.xy.shape == (100, 2) and tsne_map.xy.min() >= 0 and tsne_map.xy.max() <= 1
+    assert pj.available_method("auto") in ("umap", "tsne")

@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 MAX_POINTS = 2000
 THUMB_POINTS = 300
+_METHOD_NAMES = {"pca": "PCA", "tsne": "t-SNE", "umap": "UMAP"}
 SIZE = 1000  # SVG user units of the square map
 _cache: "weakref.WeakKeyDictionary[Backend, tuple[Any, MapData, list[str]]]" = weakref.WeakKeyDictionary()
 
@@ -102,7 +103,7 @@ def map_html(data: "MapData", groups: list[str], colour_by: str = "group") -> st
                        for v, c, n in keys)
     shown = len(data.rows)
     note = (f"{shown} of {data.items} items shown" if shown < data.items else f"{shown} items") + \
-        f" · {data.method.upper()}" + (f" (axes {data.explained[0]:.0%} + {data.explained[1]:.0%} of the variance)"
+        f" · {_METHOD_NAMES.get(data.method, data.method)}" + (f" (axes {data.explained[0]:.0%} + {data.explained[1]:.0%} of the variance)"
                                        if data.method == "pca" and len(data.explained) == 2 else "")
     items = [dict(r, taken_at=_fmt_date(r.get("taken_at"))) for r in data.rows]
     return (f"<div class='imgrag-map' data-imgrag-source='map' data-colour='{esc(colour_by)}'>"
