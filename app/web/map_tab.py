@@ -83,7 +83,10 @@ def map_html(data: "MapData", groups: list[str], colour_by: str = "group") -> st
 
     values = point_values(data.rows, colour_by, groups)
     colour, keys = legend(values)
-    pad, span = 40, SIZE - 80
+    # thumbnails as large as the number of them allows (a few dozen images: big enough to recognise)
+    n_thumbs = min(len(data.rows), THUMB_POINTS)
+    t = 80 if n_thumbs <= 30 else 56 if n_thumbs <= 120 else 36
+    pad, span = 10 + t // 2, SIZE - 20 - t
     parts: list[str] = []
     # dots first, thumbnails on top of them
     for i in range(len(data.rows) - 1, -1, -1):
@@ -93,9 +96,10 @@ def map_html(data: "MapData", groups: list[str], colour_by: str = "group") -> st
         c = colour[values[i]]
         if i < THUMB_POINTS:
             parts.append(f"<g class='mp-pt mp-thumb' data-i='{i}' data-x='{cx:.1f}' data-y='{cy:.1f}'>"
-                         f"<title>{name}</title><rect x='{cx - 19:.1f}' y='{cy - 19:.1f}' width='38' height='38' "
-                         f"rx='4' fill='{c}'/><image href='/imgrag/thumb?id={esc(_q(r['id']))}' x='{cx - 16:.1f}' "
-                         f"y='{cy - 16:.1f}' width='32' height='32' preserveAspectRatio='xMidYMid slice'/></g>")
+                         f"<title>{name}</title><rect x='{cx - t / 2 - 3:.1f}' y='{cy - t / 2 - 3:.1f}' width='{t + 6}' "
+                         f"height='{t + 6}' rx='4' fill='{c}'/><image href='/imgrag/thumb?id={esc(_q(r['id']))}' "
+                         f"x='{cx - t / 2:.1f}' y='{cy - t / 2:.1f}' width='{t}' height='{t}' "
+                         f"preserveAspectRatio='xMidYMid slice'/></g>")
         else:
             parts.append(f"<circle class='mp-pt mp-dot' data-i='{i}' data-x='{cx:.1f}' data-y='{cy:.1f}' "
                          f"cx='{cx:.1f}' cy='{cy:.1f}' r='5' fill='{c}'><title>{name}</title></circle>")
