@@ -228,3 +228,32 @@ def test_tab_shows_groups_with_keeper_and_opens_viewer(site, chromium):
         assert (coll / "copies" / "cat_small.png").exists() and (coll / "album" / XSS_NAME).exists()
     finally:
         page.close()
+
+
+def test_finder_refuses_a_second_run_and_shows_a_failure(tmp_path, monkeypatch):
+    import threading
+
+    import imgrag.retrieval.queries.duplicates as dq
+    from imgrag.retrieval.errors import ImgragError
+
+    class _Idx:  # no store needed: the search itself is replaced
+        store = None
+        root = tmp_path / "idx"
+
+    gate = threading.Event()
+
+    def slow_fail(store, opts):
+        gate.wait(60)
+        raise ImgragError("the index is being rebuilt; try again when it is done")
+
+    monkeypatch.setattr(dq, "find_duplicates", slow_fail)
+    finder = DuplicateFinder(Backend(UIConfig(index_root=tmp_path / "idx"), index=_Idx()))  # type: ignore[arg-type]
+    finder.start(0.8, False)
+    status, html, running = finder.view()
+    assert running and "looking for duplicates" in status and html == ""
+    with pytest.raises(ImgragError, match="already running"):
+        finder.start(0.8, True)
+    gate.set()
+    assert finder.wait(60).state == "failed"
+    status, html, running = finder.view()
+    assert not running and html == "" and "imgrag-error" in status and "being rebuilt" in status
