@@ -22,6 +22,9 @@ class ArrayStore:
         self.dim = vectors.shape[1]
         self.vectors, self.rows, self.scanned = vectors.astype(np.float32), rows, 0
 
+    def count(self) -> int:
+        return len(self.rows)
+
     def scan(self, columns=None, filters=None, batch_size=8192):
         for i in range(0, len(self.rows), batch_size):
             part = self.rows[i:i + batch_size]
@@ -163,3 +166,30 @@ def test_tsne_where_installed_places_the_same_sample():
     assert tsne_map.method == "tsne" and [r["id"] for r in tsne_map.rows] == [r["id"] for r in pca_map.rows]
     assert tsne_map.xy.shape == (100, 2) and tsne_map.xy.min() >= 0 and tsne_map.xy.max() <= 1
     assert pj.available_method("auto") in ("umap", "tsne")
+
+
+class _Backend:
+    """What map_tab.render reads of a Backend: an index folder and a store."""
+
+    def __init__(self, root, store) -> None:
+        self.root, self.store = root, store
+
+    def has_index(self) -> bool:
+        return self.store is not None
+
+    def index(self):
+        return self
+
+
+def test_render_recomputes_when_the_index_changes_and_says_when_there_is_none(tmp_path):
+    from imgrag.app.web import map_tab
+
+    store = ArrayStore(_clustered(30), _rows(30))
+    backend = _Backend(tmp_path, store)
+    assert "30 items · PCA" in map_tab.render(backend, "date")
+    scans = store.scanned
+    assert "30 items · PCA" in map_tab.render(backend, "label") and store.scanned == scans  # cached
+    store.vectors, store.rows = _clustered(40), _rows(40)  # more items indexed
+    assert "40 items · PCA" in map_tab.render(backend, "label")
+    assert "No index yet" in map_tab.render(_Backend(tmp_path, None))
+    assert "unknown colour key" in map_tab.render(backend, "size")  # an error is shown, not raised

@@ -52,10 +52,11 @@ def head_html() -> str:
 
 
 def _state(backend: "Backend") -> tuple:
-    """What identifies the index's contents for the cache: the manifest's and store folder's change times."""
+    """What identifies the index's contents for the cache: its item count and the change times of the manifest
+    and of the folders under the index (a store commit writes a new file into one of them)."""
     root = Path(str(backend.root))
-    stamps = [p.stat().st_mtime_ns for p in (root / "imgrag.json", root) if p.exists()]
-    return (str(root), *stamps)
+    stamps = [p.stat().st_mtime_ns for p in (root / "imgrag.json", root, *root.glob("*/")) if p.exists()]
+    return (str(root), backend.index().store.count(), *stamps)
 
 
 def map_data(backend: "Backend", max_points: int = MAX_POINTS, method: str = "pca") -> tuple["MapData", list[str]]:
