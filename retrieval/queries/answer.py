@@ -168,9 +168,10 @@ class AnswerStream:
                 notes.append(f"{self.generator_name} wrote {what}, which its text evidence does not support (words in "
                              f"neither the question nor the evidence of [{n}]: {_novel(removed)}); answered with that "
                              "evidence instead (extractive)")
-                extra = (" " if text else "") + gr.extractive_answer(self.question, n, facts[n])
+                sent = "".join(chunks)  # what the reader has seen: the answer is that plus the extra, exactly
+                extra = ("" if not sent or sent[-1].isspace() else " ") + gr.extractive_answer(self.question, n, facts[n])
                 yield extra
-                text = (text + extra).strip()
+                text = (sent + extra).strip()
         valid = {it.n for it in self.items}
         cited = parse_citations(text, valid)
         invalid = [n for n in parse_citations(text) if n not in valid]
