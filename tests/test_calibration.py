@@ -227,8 +227,10 @@ def test_cli_classify_and_eval_calibration(tmp_path, tiny_model_configs, capsys)
 def test_bundled_reference_images_are_shipped_and_embedded_once():
     from fakes import FakeEmbedder
 
+    from imgrag.retrieval.queries import classify
     from imgrag.retrieval.queries.classify import bundled_reference
 
+    classify._REFERENCE_CACHE.clear()  # an earlier test may have embedded them for the same fake model
     emb = FakeEmbedder()
     ref = bundled_reference(emb)
     assert ref.shape == (48, emb.dim) and np.allclose(np.linalg.norm(ref, axis=1), 1, atol=1e-5)
