@@ -429,6 +429,9 @@ class Backend:
             raise BadQueryError("give an absolute path (e.g. /home/me/Pictures/by-subject)")
         if not p.exists():
             raise BadQueryError(f"not found: {source}")
+        from imgrag.app.web.folders import check_allowed
+
+        check_allowed(self, p if p.is_dir() else p.parent)  # beyond 127.0.0.1 only under `imgrag serve --roots`
         if not self.has_index():
             raise BadQueryError("index some images first: tune trains on the index's stored vectors")
         if self.jobs.busy():

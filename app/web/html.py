@@ -149,6 +149,10 @@ def info_html(info: dict[str, Any]) -> str:
             ("model", info.get("model")), ("embedding size", info.get("dim")), ("store", info.get("store")),
             ("disk size", f"{(info.get('disk_bytes') or 0) / 1e6:.1f} MB"), ("created", info.get("created_at"))]
     rows += [(k.replace("store_", "store "), v) for k, v in info.items() if k.startswith("store_")]
+    if "adapter" in info:  # imgrag tune: whether queries go through a tuned adapter, and how it measured
+        from imgrag.retrieval.tune.adapter import describe_adapter
+
+        rows.append(("tuned adapter", describe_adapter(info["adapter"])))
     return "<table class='imgrag-table'>" + "".join(
         f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in rows) + "</table>"
 
