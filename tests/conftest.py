@@ -160,3 +160,12 @@ def sample_images(tmp_path) -> list[Path]:
         img.save(path, fmt, **({"quality": 92} if fmt == "JPEG" else {}))
         paths.append(path)
     return sorted(paths)
+
+
+# A CI runner that starts the suite in the background (`cmd &` in a non-interactive shell) hands it SIGINT
+# ignored, and every child inherits that: the Ctrl-C tests would then test nothing. Python handlers are reset
+# to the default in exec'd children, so installing the normal one here gives them (and us) real Ctrl-C.
+import signal as _signal  # noqa: E402
+
+if _signal.getsignal(_signal.SIGINT) is _signal.SIG_IGN:
+    _signal.signal(_signal.SIGINT, _signal.default_int_handler)
