@@ -10,6 +10,7 @@ import sys
 
 from imgrag.app.cli.output import print_json, safe
 from imgrag.retrieval.paths import display
+from imgrag.app.cli.argtypes import positive_int
 
 EPILOG_GROUPS = """Groups are k-means clusters of the stored vectors (k by silhouette unless --k), numbered largest first;
 each is named by the label (ImageNet classes by default) that fits its centre best, calibrated so one generic label
@@ -20,22 +21,12 @@ examples:
   imgrag groups --json > groups.json       # [{group, name, size, examples: [{path, id}], score}, ...]"""
 
 
-def _k(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {s!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
-    return v
-
-
 def add_parsers(sub, common: argparse.ArgumentParser) -> None:
     pg = sub.add_parser("groups", parents=[common], help="cluster the collection into named groups",
                         description="Cluster the indexed vectors (spherical k-means on a sample, then every item "
                                     "assigned in batches) and name each group zero-shot from a label list.",
                         epilog=EPILOG_GROUPS, formatter_class=argparse.RawDescriptionHelpFormatter)
-    pg.add_argument("--k", type=_k, metavar="K", help="number of groups (default: chosen by silhouette, 2..30)")
+    pg.add_argument("--k", type=positive_int, metavar="K", help="number of groups (default: chosen by silhouette, 2..30)")
     pg.add_argument("--labels", metavar="FILE",
                     help="name groups from this list, one label per line (default: the 1,000 ImageNet classes)")
     pg.add_argument("--examples", type=int, default=3, metavar="N", help="representative images per group (default 3)")

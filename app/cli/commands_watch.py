@@ -12,6 +12,7 @@ import sys
 import time
 
 from imgrag.retrieval.errors import ImgragError
+from imgrag.app.cli.argtypes import nonneg_int
 
 EPILOG_WATCH = """Events come from the file system (inotify on Linux; needs imgrag[watch]) with a rescan every
 --rescan-every seconds as a fallback (network mounts send no events); --poll uses rescans only. A file is
@@ -33,16 +34,6 @@ def _seconds(s: str) -> float:
     return v
 
 
-def _count(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {s!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {v}")
-    return v
-
-
 def add_parsers(sub, common: argparse.ArgumentParser) -> None:
     pw = sub.add_parser("watch", parents=[common], help="keep the index current as files change (events or rescans)",
                         description="Index new and changed images and PDFs under PATH... within seconds, remove "
@@ -56,9 +47,9 @@ def add_parsers(sub, common: argparse.ArgumentParser) -> None:
     pw.add_argument("--poll", action="store_true", help="no file-system events: rescans only")
     pw.add_argument("--settle", type=_seconds, default=1.0, metavar="SECONDS",
                     help="how long a file must stay unchanged before it is indexed (default 1)")
-    pw.add_argument("--batch-size", type=_count, default=64, help="images per forward pass (default 64)")
-    pw.add_argument("--workers", type=_count, default=None, help="decode worker processes (default: as imgrag index)")
-    pw.add_argument("--commit-every", type=_count, default=1024, help="rows per atomic commit (default 1024)")
+    pw.add_argument("--batch-size", type=nonneg_int, default=64, help="images per forward pass (default 64)")
+    pw.add_argument("--workers", type=nonneg_int, default=None, help="decode worker processes (default: as imgrag index)")
+    pw.add_argument("--commit-every", type=nonneg_int, default=1024, help="rows per atomic commit (default 1024)")
     pw.add_argument("--json", action="store_true", help="print one JSON object per batch")
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 from datetime import datetime
+from imgrag.app.cli.argtypes import nonneg_int as _nonneg_int, positive_int as _positive_int
 
 EPILOG_INDEX = """examples:
   imgrag index ~/Pictures                          # default model, embedded LanceDB store
@@ -28,26 +29,6 @@ def _date(s: str) -> datetime:
         return datetime.fromisoformat(s)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a date: {s!r} (use YYYY-MM-DD or YYYY-MM-DDTHH:MM)") from None
-
-
-def _positive_int(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {s!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
-    return v
-
-
-def _nonneg_int(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {s!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {v}")
-    return v
 
 
 def _megapixels(s: str) -> float:
