@@ -2,7 +2,8 @@
 """Near-duplicate finding: precision/recall on planted copies, and time + memory of the candidate stage at scale.
 
     python bench/duplicates.py quality [--openclipart N] [--model lite] [--out DIR]
-    python bench/duplicates.py scale [--items 100000] [--store faiss|lancedb]
+    python bench/duplicates.py scale [--items 100000] [--store faiss|lancedb] [--faiss-factory HNSW32]
+                                     [--ann-min-rows N] [--candidates auto|store|hnsw]
 
 **quality** takes real images (data/samples, scikit-image's data folder, optionally N openclipart PNGs from
 bench/.cache — see bench/make_eval_sets.py), and plants copies of a share of them: resized to 50 %,
@@ -15,6 +16,9 @@ It also prints the pHash/dHash distance distributions of copies vs distinct pair
 
 **scale** builds a store of synthetic unit vectors (clusters of near-copies among random vectors) and times
 ``candidate_pairs`` (neighbour search in batches) plus union-find, in a child process whose peak RSS is read.
+The candidates come from the store's ANN index (FAISS ``--faiss-factory HNSW32``; LanceDB's index, built by
+``optimize`` once the table has ``--ann-min-rows``) or, for an exact store over 20,000 images, from a
+temporary HNSW graph (``--candidates`` forces one or the other). The load average is printed with the figures.
 """
 
 from __future__ import annotations
@@ -194,7 +198,7 @@ def quality(args) -> None:
                 print(json.dumps(rows[-1]))
 
 
-def _scale_child(n: int, store_kind: str, dim: int, k: int) -> None:
+def _scale_child(n: int, store_kind: str, dim: int, k: int, options: dict, source: str) -> None:
     import numpy as np
 
     from imgrag.retrieval.stores import make_rows, open_store
@@ -207,7 +211,7 @@ def _scale_child(n: int, store_kind: str, dim: int, k: int) -> None:
     vecs[planted + 1] = vecs[planted] + 0.12 * rng.standard_normal((len(planted), dim)).astype(np.float32)
     vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
     root = Path(tempfile.mkdtemp(prefix="imgrag-dupscale-"))
-    store = open_store(store_kind, root / store_kind, dim)
+    store = open_store(store_kind, root / store_kind, dim, **options)
     tb = time.perf_counter()
     for i in range(0, n, 20_000):
         store.upsert(make_rows([{"id": f"/x/{j:07d}.jpg", "path": f"/x/{j:07d}.jpg", "hash": f"h{j}"}
@@ -217,24 +221,35 @@ def _scale_child(n: int, store_kind: str, dim: int, k: int) -> None:
     del vecs
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t0 = time.perf_counter()
-    ids, hashes, pairs, items = candidate_pairs(store, 0.8, k=k)
+    load0 = os.getloadavg()[0]
+    ids, hashes, pairs, items, used = candidate_pairs(store, 0.8, k=k, source=source)
     uf = _UnionFind()
     for a, b in pairs:
         uf.union(a, b)
     groups = uf.groups()
     secs = time.perf_counter() - t0
     found = {tuple(sorted(g)) for g in groups if len(g) == 2}
-    print(json.dumps({"items": items, "store": store_kind, "describe": store.describe(), "dim": dim, "k": k,
+    print(json.dumps({"items": items, "store": store_kind, "options": options, "candidates_from": used,
+                      "describe": store.describe(), "dim": dim, "k": k,
+                      "load_avg_1min": [round(load0, 1), round(os.getloadavg()[0], 1)],
                       "planted_pairs": len(planted), "candidate_pairs": len(pairs), "groups": len(groups),
                       "planted_found": sum(1 for p in planted if (int(p), int(p) + 1) in found),
+                      # a pair whose original was itself overwritten as another pair's copy is no pair any more
+                      "planted_intact": int(len(set(planted.tolist()) - set((planted + 1).tolist()))),
                       "build_s": round(build_s, 1), "candidates_s": round(secs, 1),
                       "peak_rss_mib_before": round(rss0 / 1024), "peak_rss_mib": round(
                           resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}))
 
 
 def scale(args) -> None:
+    options: dict = {}
+    if args.faiss_factory:
+        options["factory"] = args.faiss_factory
+    if args.ann_min_rows:
+        options["ann_min_rows"] = args.ann_min_rows
     code = (f"import sys; sys.path.insert(0, {str(ROOT / 'bench')!r}); import duplicates; "
-            f"duplicates._scale_child({args.items}, {args.store!r}, {args.dim}, {args.k})")
+            f"duplicates._scale_child({args.items}, {args.store!r}, {args.dim}, {args.k}, {options!r}, "
+            f"{args.candidates!r})")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -252,6 +267,9 @@ def main() -> None:
     s.add_argument("--store", choices=["faiss", "lancedb"], default="faiss")
     s.add_argument("--dim", type=int, default=512)
     s.add_argument("--k", type=int, default=10)
+    s.add_argument("--faiss-factory", help="FAISS store index, e.g. HNSW32 (default: the store's Flat)")
+    s.add_argument("--ann-min-rows", type=int, help="LanceDB: build its vector index from this many rows")
+    s.add_argument("--candidates", choices=["auto", "store", "hnsw"], default="auto")
     args = p.parse_args()
     quality(args) if args.what == "quality" else scale(args)
 

@@ -93,12 +93,39 @@ def test_output_is_stable_across_runs_and_batches(indexed):
     assert {"path", "keeper", "size", "width", "height", "score"} <= set(runs[0][0][0])
 
 
+def test_exact_store_gets_a_temporary_graph_with_the_same_groups(indexed):
+    idx, truth = indexed
+    small = find_duplicates(idx.store, DuplicateOptions(threshold=LOOSE))  # 10 images: the store's own search
+    assert small.candidate_source.startswith("store:")
+    # an exact store over exact_max_rows images: never all pairs, a temporary HNSW graph answers
+    big = find_duplicates(idx.store, DuplicateOptions(threshold=LOOSE, exact_max_rows=5))
+    forced = find_duplicates(idx.store, DuplicateOptions(threshold=LOOSE, candidates="hnsw"))
+    assert big.candidate_source == forced.candidate_source == "temporary HNSW32,SQfp16"
+    assert big.to_json() == forced.to_json() and [{m.path for m in g} for g in big.groups] == [truth[1], truth[0]]
+    assert big.candidates == small.candidates and big.items == small.items == 10
+
+
+def test_store_with_an_ann_index_is_searched_itself(tmp_path):
+    from imgrag.retrieval.queries.duplicates import store_has_ann
+
+    d, truth = planted(tmp_path)
+    idx = Index.create_or_open(tmp_path / "idx", FakeEmbedder(), store="faiss", store_options={"factory": "HNSW32"})
+    build_index(idx, [str(d)], OPTS)
+    assert store_has_ann(idx.store)
+    rep = find_duplicates(idx.store, DuplicateOptions(threshold=LOOSE, exact_max_rows=5))
+    assert rep.candidate_source == "store: HNSW32"
+    assert [{m.path for m in g} for g in rep.groups] == [truth[1], truth[0]]
+    flat = Index.create_or_open(tmp_path / "flat", FakeEmbedder(), store="faiss")
+    assert not store_has_ann(flat.store)
+
+
 def test_bursts_are_looser_and_bad_options_refused(indexed):
     idx, truth = indexed
     strict = find_duplicates(idx.store, DuplicateOptions(threshold=LOOSE, min_similarity=0.999))
     assert sum(len(g) for g in strict.groups) < sum(len(t) for t in truth)  # the crop/brightened copies drop out
     assert DuplicateOptions(bursts=True).resolved() < DuplicateOptions().resolved()
-    for bad in (DuplicateOptions(threshold=2), DuplicateOptions(min_similarity=-3), DuplicateOptions(k=0)):
+    for bad in (DuplicateOptions(threshold=2), DuplicateOptions(min_similarity=-3), DuplicateOptions(k=0),
+                DuplicateOptions(candidates="all")):
         with pytest.raises(BadQueryError):
             bad.resolved()
 

@@ -3,6 +3,8 @@
 - events (watchdog/inotify), both stores: an add, a change, a rename (vector reused: nothing embedded) and a
   delete are in the index within a bounded wait;
 - a burst of 500 files coalesces into its folder (bounded dirty set) and ends with exactly those rows;
+- a burst of 600 files with max_pending=10, max_dirs=3 never holds more than that (instrumented), ends exact,
+  and so does deleting them all;
 - a half-written file (open, not closed) is not indexed, nor recorded as corrupt, until it is complete;
 - polling without watchdog (the import made to fail) does the same four changes;
 - another writer holding the lock: the watcher waits, then indexes;
@@ -112,6 +114,56 @@ def test_burst_of_500_files_coalesces_and_ends_exact(store, tmp_path):
         assert w.dirty.coalesced > 0, "500 events never coalesced past max_pending=50 files"
         assert len(w.dirty.files) <= 50 and len(w.dirty.dirs) <= 4
     assert index.store.count() == 500 and index.skipped() == []
+
+
+def _record_peaks(dirty) -> dict[str, int]:
+    """Wrap the DirtySet's entry points (events, rescans, put-backs): after each call, the most pending
+    files / folders / deletions it has held so far, and the number of calls."""
+    peak = {"files": 0, "dirs": 0, "gone": 0, "calls": 0}
+
+    def recorded(method):
+        def call(*a, **kw):
+            out = method(*a, **kw)
+            peak["calls"] += 1
+            for name in ("files", "dirs", "gone"):
+                peak[name] = max(peak[name], len(getattr(dirty, name)))
+            return out
+        return call
+
+    for name in ("file", "folder", "removed", "restore"):
+        setattr(dirty, name, recorded(getattr(dirty, name)))
+    return peak
+
+
+def test_burst_never_holds_more_than_the_cap(tmp_path):
+    """Bounded memory, structurally: a burst of 60x max_pending files into existing folders (one event each,
+    no folder event to absorb them) never leaves more than max_pending files or max_dirs folders pending,
+    and ends with exactly the burst's rows. Deleting them all keeps the deletion set within the cap too."""
+    pytest.importorskip("watchdog")
+    coll = tmp_path / "coll"
+    folders = [coll / f"in{i}" for i in range(6)]  # more folders than max_dirs: they coalesce into the root
+    for f in folders:
+        f.mkdir(parents=True)
+    index = Index.create_or_open(tmp_path / "idx", FakeEmbedder(), store="lancedb")
+    opts = WatchOptions(index=IndexOptions(batch_size=64, workers=0), settle=0.2, tick=0.05, rescan_every=3600.0,
+                        max_pending=10, max_dirs=3, batch_files=16)
+    w = Watcher(index, [str(coll)], opts)
+    peak = _record_peaks(w.dirty)
+    w.start_thread()
+    try:
+        wait_until(lambda: w.rescans >= 1, WAIT, "the first rescan")
+        files = {str(_image(folders[i % 6] / f"b{i:04d}.png", i, size=6)) for i in range(600)}
+        wait_until(lambda: set(_rows(index)) == files, WAIT, "exactly the 600 burst files in the index")
+        assert peak["calls"] >= 600, f"only {peak['calls']} events reached the dirty set for 600 new files"
+        assert w.dirty.coalesced > 0
+        for p in files:
+            os.unlink(p)
+        wait_until(lambda: index.store.count() == 0, WAIT, "the rows of the 600 deleted files to go")
+    finally:
+        w.stop(wait=60)
+    assert peak["files"] <= 10 and peak["dirs"] <= 3 and peak["gone"] <= 10, peak
+    assert peak["files"] > 0 and peak["gone"] > 0, peak  # the set was in use, not bypassed
+    assert index.skipped() == []
 
 
 def test_half_written_file_waits_until_complete(tmp_path):

@@ -2,9 +2,13 @@
 
 Three stages, none of them over all pairs:
 
-1. **Candidates** from the vector index: every image's top-``k`` neighbours through the store's own search,
-   queried in batches of stored vectors; a pair is a candidate when its cosine reaches ``threshold``.
-   Files with the same content hash (copied files, symlinks, one photo in two albums) are paired directly.
+1. **Candidates** from an ANN index: every image's top-``k`` neighbours, queried in batches of stored
+   vectors; a pair is a candidate when its cosine reaches ``threshold``. The store's own search is used when
+   it has an ANN index (LanceDB once ``optimize`` built one, FAISS with e.g. ``HNSW32``) or holds at most
+   ``EXACT_MAX_ROWS`` images; a store that searches exactly (FAISS ``Flat``, LanceDB before its index) and is
+   larger gets a temporary HNSW graph (``HNSW32,SQfp16``, two scans: add, then query), so the stage never
+   compares all pairs. Files with the same content hash (copied files, symlinks, one photo in two albums)
+   are paired directly.
 2. **Verification**: the embedding alone is ambiguous (with a weak model distinct pictures score as high as
    copies), so each candidate pair must also look alike pixel by pixel: the normalised correlation of 16×16
    grey thumbnails (whole image, or whole vs a centre crop of up to 12 %) must reach ``min_similarity``
@@ -21,7 +25,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator, NamedTuple
 
 import numpy as np
 
@@ -36,6 +40,12 @@ DEFAULT_THRESHOLD = 0.80
 DEFAULT_MIN_SIMILARITY = 0.85
 BURST_THRESHOLD = 0.70
 BURST_MIN_SIMILARITY = 0.70
+#: an exact store answers the all-images neighbour search itself up to this many images (a few seconds);
+#: beyond, exact search grows with the square of the collection, so a temporary HNSW graph is built
+EXACT_MAX_ROWS = 20_000
+#: the temporary graph: fp16 vectors (half the memory of float32, cosine error ~1e-3) need no training
+TEMP_FACTORY = "HNSW32,SQfp16"
+CANDIDATE_SOURCES = ("auto", "store", "hnsw")
 
 
 @dataclass(frozen=True)
@@ -51,6 +61,8 @@ class DuplicateOptions:
     batch_size: int = 512
     filters: Filters | None = None
     hash_workers: int | None = None
+    candidates: str = "auto"  # "store": the store's search; "hnsw": a temporary graph; "auto": see module doc
+    exact_max_rows: int = EXACT_MAX_ROWS
 
     def resolved(self) -> tuple[float, float]:
         t = self.threshold if self.threshold is not None else (BURST_THRESHOLD if self.bursts else DEFAULT_THRESHOLD)
@@ -62,6 +74,8 @@ class DuplicateOptions:
             raise BadQueryError(f"the thumbnail similarity is a correlation between -1 and 1, got {s}")
         if self.k < 1:
             raise BadQueryError(f"k must be at least 1, got {self.k}")
+        if self.candidates not in CANDIDATE_SOURCES:
+            raise BadQueryError(f"candidates is one of {', '.join(CANDIDATE_SOURCES)}, got {self.candidates!r}")
         return float(t), float(s)
 
 
@@ -96,6 +110,7 @@ class DuplicateReport:
     unreadable: int = 0  # files that could not be hashed (their pairs are rejected)
     threshold: float = DEFAULT_THRESHOLD
     min_similarity: float = DEFAULT_MIN_SIMILARITY
+    candidate_source: str = ""  # which neighbour search gave the candidates ("store: ...", "temporary HNSW32,SQfp16")
     seconds: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> list[list[dict[str, Any]]]:
@@ -106,7 +121,7 @@ class DuplicateReport:
                 "items": self.items, "candidates": self.candidates, "exact_pairs": self.exact_pairs,
                 "verified": self.verified, "rejected": self.rejected, "unreadable": self.unreadable,
                 "threshold": self.threshold, "min_similarity": self.min_similarity,
-                "seconds": {k: round(v, 3) for k, v in self.seconds.items()}}
+                "candidate_source": self.candidate_source, "seconds": {k: round(v, 3) for k, v in self.seconds.items()}}
 
 
 class _UnionFind:
@@ -133,13 +148,40 @@ class _UnionFind:
         return [g for g in out.values() if len(g) > 1]
 
 
-def candidate_pairs(store: "VectorStore", threshold: float, k: int = 10, filters: Filters | None = None,
-                    batch_size: int = 512) -> tuple[list[str], list[str | None], dict[tuple[int, int], float], int]:
-    """Neighbour pairs ``(i, j) -> cosine`` (i < j, numbered in scan order) at or above ``threshold``.
+class Candidates(NamedTuple):
+    ids: list[str]  # numbered in scan order
+    hashes: list[str | None]
+    pairs: dict[tuple[int, int], float]  # (i, j) -> cosine, i < j
+    items: int  # images (document pages are left out)
+    source: str  # which neighbour search answered
 
-    Images only (document pages are left out). Returns the ids, their content hashes, the pairs and the
-    number of images. Memory: the ids and hashes, the pairs, and one batch of vectors and hits.
+
+def store_has_ann(store: "VectorStore") -> bool:
+    """Whether the store's own search is approximate (an ANN index), from what it reports to ``imgrag info``."""
+    d = store.describe()
+    if "exact" in d:  # FAISS: Flat, or an index that is not trained yet
+        return not d["exact"]
+    index = str(d.get("index") or "").lower()  # LanceDB: "flat (exact)" until optimize() built one
+    return bool(index) and "flat" not in index and "exact" not in index
+
+
+def candidate_pairs(store: "VectorStore", threshold: float, k: int = 10, filters: Filters | None = None,
+                    batch_size: int = 512, source: str = "auto",
+                    exact_max_rows: int = EXACT_MAX_ROWS) -> Candidates:
+    """Neighbour pairs at or above ``threshold`` from an ANN search (``source``: see the module doc).
+
+    Memory: the ids and hashes, the pairs, one batch of vectors and hits, and with a temporary graph the
+    graph itself (fp16 vectors + 32 links per image: ~1.3 KB per 512-d image).
     """
+    if source == "auto":
+        source = "store" if store.count() <= exact_max_rows or store_has_ann(store) else "hnsw"
+    if source == "hnsw":
+        return _graph_pairs(store, threshold, k, filters, batch_size)
+    return _store_pairs(store, threshold, k, filters, batch_size)
+
+
+def _store_pairs(store: "VectorStore", threshold: float, k: int, filters: Filters | None,
+                 batch_size: int) -> Candidates:
     ids: list[str] = []
     hashes: list[str | None] = []
     num: dict[str, int] = {}
@@ -182,7 +224,53 @@ def candidate_pairs(store: "VectorStore", threshold: float, k: int = 10, filters
             if len(pending) >= batch_size:
                 flush()
     flush()
-    return ids, hashes, pairs, len(ids)
+    d = store.describe()
+    return Candidates(ids, hashes, pairs, len(ids), f"store: {d.get('index') or d.get('kind') or 'search'}")
+
+
+def _image_batches(store: "VectorStore", filters: Filters | None,
+                   batch_size: int) -> Iterator[tuple[list[str], list[str | None], np.ndarray]]:
+    for b in store.scan(columns=["id", "page", "hash", "vector"], filters=filters, batch_size=batch_size):
+        keep = [r for r, pg in enumerate(b.column("page").to_pylist()) if pg is None]
+        if not keep:
+            continue
+        vecs = vectors_of(b.column("vector"), store.dim)[keep]
+        ids, hashes = b.column("id").to_pylist(), b.column("hash").to_pylist()
+        yield [ids[r] for r in keep], [hashes[r] for r in keep], np.ascontiguousarray(vecs, dtype=np.float32)
+
+
+def _graph_pairs(store: "VectorStore", threshold: float, k: int, filters: Filters | None,
+                 batch_size: int) -> Candidates:
+    """Two scans: every image into a temporary HNSW graph, then every image's neighbours from it. Rows
+    written between the scans are left out (not numbered in the first), deleted ones simply not queried."""
+    import faiss
+
+    graph = faiss.index_factory(store.dim, TEMP_FACTORY, faiss.METRIC_INNER_PRODUCT)
+    ids: list[str] = []
+    hashes: list[str | None] = []
+    num: dict[str, int] = {}
+    for bid, bh, vecs in _image_batches(store, filters, max(batch_size, 4096)):
+        new = [r for r, i in enumerate(bid) if i not in num]
+        for r in new:
+            num[bid[r]] = len(ids)
+            ids.append(bid[r])
+            hashes.append(bh[r])
+        graph.add(vecs[new])
+    graph.hnsw.efSearch = max(64, 2 * (k + 1))
+    pairs: dict[tuple[int, int], float] = {}
+    for bid, _, vecs in _image_batches(store, filters, batch_size):
+        scores, labels = graph.search(vecs, k + 1)
+        for i, row_s, row_l in zip(bid, scores, labels):
+            qi = num.get(i)
+            if qi is None:
+                continue
+            for sc, j in zip(row_s.tolist(), row_l.tolist()):
+                if j < 0 or j == qi or sc < threshold:
+                    continue
+                key = (qi, j) if qi < j else (j, qi)
+                if pairs.get(key, -2.0) < sc:
+                    pairs[key] = float(sc)
+    return Candidates(ids, hashes, pairs, len(ids), f"temporary {TEMP_FACTORY}")
 
 
 def find_duplicates(store: "VectorStore", options: DuplicateOptions | None = None) -> DuplicateReport:
@@ -192,8 +280,9 @@ def find_duplicates(store: "VectorStore", options: DuplicateOptions | None = Non
     opts = options or DuplicateOptions()
     threshold, min_sim = opts.resolved()
     t0 = time.perf_counter()
-    ids, hashes, pairs, n = candidate_pairs(store, threshold, opts.k, opts.filters, opts.batch_size)
-    rep = DuplicateReport(groups=[], items=n, threshold=threshold, min_similarity=min_sim)
+    ids, hashes, pairs, n, source = candidate_pairs(store, threshold, opts.k, opts.filters, opts.batch_size,
+                                                    opts.candidates, opts.exact_max_rows)
+    rep = DuplicateReport(groups=[], items=n, threshold=threshold, min_similarity=min_sim, candidate_source=source)
     # same bytes: paired directly (copies the neighbour search may miss when many are tied)
     first: dict[str, int] = {}
     for i, h in enumerate(hashes):
