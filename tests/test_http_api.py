@@ -293,3 +293,28 @@ def test_roots_rule_for_indexing_from_the_ui(tmp_path):
             from imgrag.app.web.folders import check_allowed
 
             check_allowed(b, f)  # no error
+
+
+def test_long_input_is_refused_or_cut_never_echoed_in_full(site):
+    st, out = get_json(site, "/search", q="zebra " * 1000)  # over the 2,000-character limit of q
+    assert st == 422 and set(out) == {"error"} and len(out["error"]) < 200 and "zebra zebra" not in out["error"]
+    st, out = get_json(site, "/search", q="a cat", after="last tuesday " * 400)  # echoed in the message: cut
+    assert st == 400 and "not a date" in out["error"] and len(out["error"]) < 200
+    st, data, _ = call(site, "POST", "/ask", {"question": "zebra " * 1000})
+    assert st == 422 and len(json.loads(data)["error"]) < 200
+
+
+def test_decompression_bomb_upload_is_refused_before_decoding(site):
+    import struct
+    import zlib
+
+    def chunk(t, d):
+        return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d) & 0xFFFFFFFF)
+
+    bomb = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b""))  # 400 MP in 80 bytes
+    for route, fields in (("/search/image", {"k": "3"}), ("/classify/image", {"labels": "a, b"})):
+        body, ctype = multipart(fields, bomb, "bomb.png")
+        st, data, _ = call(site, "POST", route, raw=body, ctype=ctype)
+        out = json.loads(data)
+        assert st == 413 and set(out) == {"error"} and "400 MP > 50 MP" in out["error"], (route, st, out)

@@ -196,3 +196,49 @@ def test_load_small_zero_errors(site):
     res = run_load(site["server"].url, ids, users=5, requests=10)
     assert res["errors"] == []
     assert sum(len(v) for v in res["latencies"].values()) == 50
+
+
+def test_roots_confine_indexing_when_listening_beyond_this_machine(site, tmp_path):
+    """`serve --host 0.0.0.0 --roots DIR`: the Index tab's endpoint indexes folders under DIR only, and an image
+    in a refused folder is never served (UI route or JSON API); without --roots it indexes nothing."""
+    import json
+
+    from waiting import wait_until
+
+    idx = tmp_path / "idx"
+    shutil.copytree(site["idx"], idx)  # the module's index stays as it is
+    allowed, outside = tmp_path / "allowed", tmp_path / "outside"
+    (allowed / "new").mkdir(parents=True)
+    outside.mkdir()
+    shutil.copy(SAMPLES / "vehicles/bus.png", allowed / "new" / "bus.png")
+    shutil.copy(SAMPLES / "animals/owl.png", outside / "owl.png")
+    os.symlink(outside, allowed / "escape")  # a way out of the root, resolved and refused
+    srv = Server(idx, "--roots", str(allowed), host="0.0.0.0", cache=tmp_path / "cache")
+    try:
+        for refused in (outside, allowed / "escape", tmp_path):
+            out = gradio_call(srv.url, "index_folder", [str(refused)])
+            assert "only folders under" in out[0] and "--roots" in out[0], out
+        owl = _q(str(outside / "owl.png"))
+        assert http_get(f"{srv.url}/imgrag/image?id={owl}")[0] == 404
+        assert http_get(f"{srv.url}/api/v1/media/original?id={owl}")[0] == 404
+        out = gradio_call(srv.url, "index_folder", [str(allowed / "new")])
+        assert "indexing started" in out[0], out
+
+        def info():
+            st, body, _ = http_get(f"{srv.url}/api/v1/info")
+            assert st == 200
+            d = json.loads(body)
+            return d if d["job"]["state"] not in ("running", "idle") else None
+
+        d = wait_until(info, 300, "the indexing job to end")
+        assert d["job"]["state"] == "done" and {"path": str(allowed / "new"), "items": 1} in d["folders"]
+        bus = _q(str(allowed / "new" / "bus.png"))
+        assert http_get(f"{srv.url}/api/v1/media/original?id={bus}")[0] == 200
+    finally:
+        srv.stop()
+    srv = Server(idx, host="0.0.0.0", cache=tmp_path / "cache2")  # beyond 127.0.0.1 without --roots: none
+    try:
+        out = gradio_call(srv.url, "index_folder", [str(allowed / "new")])
+        assert "indexing from the UI is off" in out[0], out
+    finally:
+        srv.stop()

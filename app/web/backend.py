@@ -47,7 +47,8 @@ def parse_date(s: str | None, what: str) -> datetime | None:
     try:
         return datetime.fromisoformat(s)
     except ValueError:
-        raise BadQueryError(f"{what}: {s!r} is not a date (use YYYY-MM-DD)") from None
+        shown = s if len(s) <= 40 else s[:39] + "…"  # echoed input is cut
+        raise BadQueryError(f"{what}: {shown!r} is not a date (use YYYY-MM-DD)") from None
 
 
 def make_filters(path_glob: str | None = None, after: str | None = None, before: str | None = None,

@@ -4,10 +4,11 @@ Search tab's Label filter (and the API's ``label``) select."""
 
 # no `from __future__ import annotations`: Gradio reads handler annotations at runtime.
 
+import os
 from typing import Any
 
 from imgrag.app.web.html import error_text, esc, status_html
-from imgrag.app.web.viewer import cut
+from imgrag.app.web.viewer import cut, data_html
 
 EXAMPLES = 4  # example images shown per label
 
@@ -43,20 +44,62 @@ def start_preview(backend, labels: str, templates: str):
     return backend.jobs.start("classify", f"preview {len(clf.labels)} labels over the index", job)
 
 
-def preview_html(detail: dict[str, Any]) -> str:
-    """Counts per label (most first) with a few example thumbnails each."""
+def _thumb_button(i: int, item: dict[str, Any]) -> str:
+    """A thumbnail that opens the viewer at item ``i`` of the enclosing ``data-imgrag-source``."""
     from urllib.parse import quote
 
+    from imgrag.retrieval.paths import display
+
+    name = item.get("name") or display(os.path.basename(item["path"]))
+    return (f"<button type='button' class='imgrag-thumb-btn' data-imgrag-i='{i}' title='{esc(name)}'>"
+            f"<img src='/imgrag/thumb?id={esc(quote(item['id'], safe=''))}' alt='{esc(name)}' loading='lazy'></button>")
+
+
+def example_rows(backend, detail: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The stored rows of the preview's example images (for the viewer); ones gone since are left out."""
+    from imgrag.app.web.files import NotServable
+
+    out: dict[str, dict[str, Any]] = {}
+    for ids in (detail.get("examples") or {}).values():
+        for i in ids:
+            try:
+                out[i] = backend.row(i)
+            except NotServable:
+                pass
+    return out
+
+
+def preview_html(detail: dict[str, Any], rows: dict[str, dict[str, Any]] | None = None) -> str:
+    """Counts per label (most first) with a few example thumbnails each; with ``rows`` (id → stored row)
+    each example opens the viewer, stepping through all the examples."""
     counts = detail.get("counts") or {}
-    rows = []
+    body, items = [], []
     for lab, n in sorted(counts.items(), key=lambda kv: -kv[1]):
-        imgs = "".join(f"<img src='/imgrag/thumb?id={esc(quote(i, safe=''))}' alt='' loading='lazy' "
-                       "style='height:64px;margin-right:4px;border-radius:4px'>"
-                       for i in (detail.get("examples") or {}).get(lab, []))
-        rows.append(f"<tr><td><b>{esc(cut(lab, 60))}</b></td><td>{n}</td><td>{imgs}</td></tr>")
+        imgs = ""
+        for i in (detail.get("examples") or {}).get(lab, []):
+            if rows is not None and i not in rows:
+                continue
+            item = (rows or {}).get(i) or {"id": i, "path": i}
+            imgs += _thumb_button(len(items), item)
+            items.append(item)
+        body.append(f"<tr><td><b>{esc(cut(lab, 60))}</b></td><td>{n}</td><td>{imgs}</td></tr>")
     return ("<div id='classify-preview-ready'>Preview — nothing is written until you press "
-            "<i>Write these labels</i>.</div><table class='imgrag-table'><tr><th>label</th><th>items</th>"
-            f"<th>examples</th></tr>{''.join(rows)}</table>")
+            "<i>Write these labels</i>. Click an example to open it.</div>"
+            "<div data-imgrag-source='classify-examples'><table class='imgrag-table'><tr><th>label</th><th>items</th>"
+            f"<th>examples</th></tr>{''.join(body)}</table>{data_html('classify-examples', items)}</div>")
+
+
+def results_html(rows: list[dict[str, Any]], items: list[dict[str, Any]]) -> str:
+    """The top labels of classified search results (``Backend.classify_ids`` rows), each with its thumbnail,
+    which opens the viewer; ``items`` are the search results (dicts) the rows came from."""
+    by_id = {it["id"]: it for it in items}
+    shown = [by_id.get(r["id"]) or {"id": r["id"], "path": r["id"], "name": r["name"]} for r in rows]
+    body = "".join(
+        f"<tr><td>{_thumb_button(i, it)}</td><td>{esc(r['name'])}</td><td><b>{esc(r['label'] or '(none)')}</b> "
+        f"{r['score']:.2f}</td><td>{esc(', '.join(f'{lab} {p:.2f}' for lab, p in r['top']))}</td></tr>"
+        for i, (r, it) in enumerate(zip(rows, shown)))
+    return (f"<div data-imgrag-source='classify-results'><table class='imgrag-table'><tr><th></th><th>file</th>"
+            f"<th>label</th><th>top 3</th></tr>{body}</table>{data_html('classify-results', shown)}</div>")
 
 
 def write_section(backend, labels, templates, job, status, timer) -> None:
@@ -76,7 +119,7 @@ def write_section(backend, labels, templates, job, status, timer) -> None:
         if st.state == "running":
             return gr.skip(), gr.skip(), gr.skip()
         if st.kind == "classify" and st.state == "done" and st.detail.get("preview"):
-            return preview_html(st.detail), gr.Button(visible=True), status_html("")
+            return preview_html(st.detail, example_rows(backend, st.detail)), gr.Button(visible=True), status_html("")
         if st.kind == "classify" and st.state == "done":
             return ("<div id='classify-written'>Labels written. Filter on them with <i>Label</i> under "
                     "Search › Filters and options.</div>"), gr.Button(visible=False), status_html("")

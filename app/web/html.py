@@ -20,6 +20,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from imgrag.app.web.jobs import JobStatus
 
 log = logging.getLogger("imgrag.ui")
+#: an error line is cut to this many characters (it may quote a 5,000-character input)
+ERROR_CHARS = 300
 
 CSS = """
 .imgrag-status { min-height: 1.5em; }
@@ -44,8 +46,9 @@ def esc(s: Any) -> str:
 
 def error_text(e: BaseException) -> str:
     """A one-line, user-readable message for any exception (never a traceback)."""
-    if isinstance(e, ImgragError):
-        return str(e)
+    if isinstance(e, ImgragError):  # may echo the user's input (a path, a date): one line, cut
+        msg = " ".join(str(e).split())
+        return msg if len(msg) <= ERROR_CHARS else msg[: ERROR_CHARS - 1] + "…"
     log.error("internal error in the UI:\n%s", traceback.format_exc())
     msg = " ".join(str(e).split())[:300]
     return f"internal error: {type(e).__name__}{': ' + msg if msg else ''} (details in the server log)"
@@ -104,7 +107,9 @@ def detail_html(it: dict[str, Any] | None) -> str:
     """Details of a selected result (every value escaped: file names are untrusted)."""
     if not it:
         return "<div class='imgrag-detail'>Select a result to see its details.</div>"
-    rows = [("file", it["name"]), ("folder", display(os.path.dirname(it["path"]))), ("score", f"{it['score']:.4f}")]
+    rows = [("file", it["name"]), ("folder", display(os.path.dirname(it["path"])))]
+    if it.get("score") is not None:  # none for an item opened outside a result list (a sample, a citation)
+        rows.append(("score", f"{it['score']:.4f}"))
     if it.get("matched_terms"):  # hybrid: the score is the similarity raised by these words
         rows.append(("similarity", f"{it['similarity']:.4f}" if it.get("similarity") is not None else "–"))
         rows.append(("keyword", f"{it['keyword']:.2f} ({', '.join(it['matched_terms'])})"))
@@ -163,14 +168,6 @@ def skipped_html(rows: list[dict[str, Any]], total: int | None = None) -> str:
     head = f"<div>{total if total is not None else len(rows)} file(s) could not be indexed:</div>"
     body = "".join(f"<tr><td><code>{esc(display(str(r.get('path'))))}</code></td><td>{esc(r.get('reason'))}</td></tr>" for r in rows)
     return head + f"<table class='imgrag-table'><tr><th>file</th><th>reason</th></tr>{body}</table>"
-
-
-def classify_table_html(rows: list[dict[str, Any]]) -> str:
-    """The top labels of classified search results (``Backend.classify_ids`` rows)."""
-    body = "".join(
-        f"<tr><td>{esc(r['name'])}</td><td><b>{esc(r['label'] or '(none)')}</b> {r['score']:.2f}</td>"
-        f"<td>{esc(', '.join(f'{lab} {p:.2f}' for lab, p in r['top']))}</td></tr>" for r in rows)
-    return f"<table class='imgrag-table'><tr><th>file</th><th>label</th><th>top 3</th></tr>{body}</table>"
 
 
 def generator_html(name: str, text_only: bool = False) -> str:

@@ -13,8 +13,8 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from imgrag.app.web.backend import Backend
-from imgrag.app.web.html import (classify_table_html, detail_html, error_text, esc, gallery_value,
+from imgrag.app.web.backend import Backend, display_name
+from imgrag.app.web.html import (detail_html, error_text, esc, gallery_value,
                                  info_html, job_html, matches_html, skipped_html, status_html)
 from imgrag.app.web.viewer import cut, data_html
 from imgrag.retrieval.errors import ImgragError
@@ -134,7 +134,8 @@ def _search_tab(sh: _Shared):
                 sort_date = gr.Checkbox(False, label="Sort by capture date (after the cutoff)",
                                         elem_id="search-sort-date")
             with gr.Row():
-                glob = gr.Textbox(label="Path glob", placeholder="*/2019/*  or  *.png", elem_id="search-glob")
+                glob = gr.Textbox(label="Folder or path glob", placeholder="*/Holidays/*  or  */2019/*.png",
+                                  elem_id="search-glob")
                 after = gr.Textbox(label="Taken on or after", placeholder="YYYY-MM-DD", elem_id="search-after")
                 before = gr.Textbox(label="Taken on or before", placeholder="YYYY-MM-DD", elem_id="search-before")
             with gr.Row():
@@ -171,8 +172,16 @@ def _search_tab(sh: _Shared):
     q.submit(run_search, search_inputs, search_outputs, api_name=False)
 
     def on_select(sel, results):
-        """The selection changed (the viewer opened an item, or an answer cleared it): its details."""
+        """The selection changed (the viewer opened an item, or an answer cleared it): its details. An item
+        opened outside the results (a sample, a citation, a duplicate) is shown from its stored row, so the
+        details always name what "More like this" would use."""
         hit = next((r for r in results or [] if r.get("id") == sel), None) if sel else None
+        if sel and hit is None:
+            try:
+                row = backend.row(sel)
+                hit = dict(row, name=display_name(row["path"]), score=None)
+            except Exception:  # noqa: BLE001 - not an indexed item (any more): nothing selected
+                hit = None
         return detail_html(hit) if hit else detail_html(None)
 
     sh.selected.change(on_select, [sh.selected, sh.results], [detail], api_name=False, show_progress="hidden")
@@ -267,7 +276,9 @@ def _classify_tab(sh: _Shared, default_templates: str) -> _ClassifyParts:
             rows = backend.classify_ids([r["id"] for r in (results or [])], labels_, templates_)
         except Exception as e:  # noqa: BLE001
             return "", status_html(error_text(e), True)
-        return classify_table_html(rows), status_html(f"classified {len(rows)} search result(s)")
+        from imgrag.app.web.classify_tab import results_html  # each row's thumbnail opens the viewer
+
+        return results_html(rows, results or []), status_html(f"classified {len(rows)} search result(s)")
 
     cls_results_btn.click(run_classify_results, [sh.results, labels, templates], [cls_table, cls_status],
                           api_name="classify_results")

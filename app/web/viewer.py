@@ -47,6 +47,9 @@ CSS = """
 .imgrag-tiles button { padding: 0; border: 1px solid var(--border-color-primary); border-radius: 6px; background: #f6f7f9;
   cursor: zoom-in; aspect-ratio: 1; overflow: hidden; }
 .imgrag-tiles img { width: 100%; height: 100%; object-fit: contain; }
+button.imgrag-thumb-btn { padding: 0; margin: 0 4px 4px 0; border: 1px solid var(--border-color-primary); border-radius: 4px;
+  background: #f6f7f9; cursor: zoom-in; vertical-align: middle; }
+button.imgrag-thumb-btn img { height: 64px; max-width: 96px; object-fit: contain; display: block; border-radius: 4px; }
 a[href^="#imgrag-cite-"] { font-weight: 600; text-decoration: underline; cursor: zoom-in; }
 html.imgrag-viewer-open { overflow: hidden; }
 .imgrag-viewer { position: fixed; inset: 0; z-index: 10000; background: rgba(10, 12, 16, .97); color: #eef0f3;
