@@ -63,47 +63,70 @@ class DecodeDataset:
             return DecodeResult(entry, error=f"unexpected error: {type(e).__name__}: {e}"), None
 
     def _load(self, entry: FileEntry):
-        from imgrag.retrieval.imageio import ImageDecodeError, content_hash, decode_image
-
-        from imgrag.retrieval.paths import to_fs
+        from imgrag.retrieval.imageio import ImageDecodeError, decode_image
 
         t0 = time.perf_counter()
-        fs_path = to_fs(entry.path)  # entry.path is the stored form (names that are not UTF-8 are escaped)
-        try:
-            with open(fs_path, "rb") as f:
-                st0 = os.fstat(f.fileno())
-                data = f.read()
-            st1 = os.stat(fs_path)
-        except FileNotFoundError:
-            return DecodeResult(entry, error="file disappeared before it could be read"), None
-        except PermissionError:
-            return DecodeResult(entry, error="permission denied"), None
-        except IsADirectoryError:
-            return DecodeResult(entry, error="is a directory"), None
-        except OSError as e:
-            return DecodeResult(entry, error=f"cannot read file ({e.strerror or e})"), None
-        if (st0.st_size, st0.st_mtime_ns) != (st1.st_size, st1.st_mtime_ns) or len(data) != st1.st_size:
-            return DecodeResult(entry, error="file changed while being read (will be retried next run)"), None
+        got = read_entry(entry)
+        if isinstance(got, DecodeResult):
+            return got, None
+        data, st = got
         t1 = time.perf_counter()
-        digest = content_hash(data)
-        meta: dict[str, Any] = {"id": entry.path, "path": entry.path, "size": st1.st_size,
-                                "mtime_ns": st1.st_mtime_ns, "hash": digest}
-        if digest in self.known_hashes:
-            return DecodeResult(entry, meta=meta, reused=True, read_s=t1 - t0), None
+        meta, reused = self._hashed(entry, data, st, t1 - t0)
+        if reused is not None:
+            return reused, None
         try:
             img = decode_image(data, draft_size=self.draft_size, max_pixels=self.max_pixels)
         except ImageDecodeError as e:
             return DecodeResult(entry, error=str(e), read_s=t1 - t0), None
         t2 = time.perf_counter()
+        self._describe(meta, img)
+        pixels = self.transform(bound_aspect(img.image))
+        t3 = time.perf_counter()
+        return DecodeResult(entry, meta=meta, read_s=t1 - t0, decode_s=t2 - t1, preprocess_s=t3 - t2), pixels
+
+    def _hashed(self, entry: FileEntry, data: bytes, st: os.stat_result, read_s: float):
+        """(row metadata, the file's result if its content is already in the index — vector reused — else None)."""
+        from imgrag.retrieval.imageio import content_hash
+
+        digest = content_hash(data)
+        meta: dict[str, Any] = {"id": entry.path, "path": entry.path, "size": st.st_size,
+                                "mtime_ns": st.st_mtime_ns, "hash": digest}
+        if digest in self.known_hashes:
+            return meta, DecodeResult(entry, meta=meta, reused=True, read_s=read_s)
+        return meta, None
+
+    def _describe(self, meta: dict[str, Any], img) -> None:
+        """Add a decoded image's size and capture metadata (and its OCR text with ``--ocr``) to its row."""
         meta.update(width=img.width, height=img.height, taken_at=img.taken_at, gps_lat=img.gps_lat,
                     gps_lon=img.gps_lon)
         if self.ocr_lang:
             from imgrag.indexer.documents import ocr_photo_text
 
             meta["text"] = ocr_photo_text(img.image, self.ocr_lang)
-        pixels = self.transform(bound_aspect(img.image))
-        t3 = time.perf_counter()
-        return DecodeResult(entry, meta=meta, read_s=t1 - t0, decode_s=t2 - t1, preprocess_s=t3 - t2), pixels
+
+
+def read_entry(entry: FileEntry):
+    """(bytes, stat) of a work item's file, or a :class:`DecodeResult` saying why it cannot be read. A file
+    whose size or mtime changed while it was read is skipped (retried next run), never half-indexed."""
+    from imgrag.retrieval.paths import to_fs
+
+    fs_path = to_fs(entry.path)  # entry.path is the stored form (names that are not UTF-8 are escaped)
+    try:
+        with open(fs_path, "rb") as f:
+            st0 = os.fstat(f.fileno())
+            data = f.read()
+        st1 = os.stat(fs_path)
+    except FileNotFoundError:
+        return DecodeResult(entry, error="file disappeared before it could be read")
+    except PermissionError:
+        return DecodeResult(entry, error="permission denied")
+    except IsADirectoryError:
+        return DecodeResult(entry, error="is a directory")
+    except OSError as e:
+        return DecodeResult(entry, error=f"cannot read file ({e.strerror or e})")
+    if (st0.st_size, st0.st_mtime_ns) != (st1.st_size, st1.st_mtime_ns) or len(data) != st1.st_size:
+        return DecodeResult(entry, error="file changed while being read (will be retried next run)")
+    return data, st1
 
 
 #: Longest side / shortest side kept for the model. A resize-shortest-side transform would blow a

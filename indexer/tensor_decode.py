@@ -25,12 +25,11 @@ is the PIL path's.
 from __future__ import annotations
 
 import logging
-import os
 import time
 import warnings
 from typing import Any, Callable
 
-from imgrag.indexer.decode import MAX_ASPECT, DecodeDataset, DecodeResult
+from imgrag.indexer.decode import MAX_ASPECT, DecodeDataset, DecodeResult, read_entry
 
 log = logging.getLogger("imgrag.indexer")
 
@@ -63,19 +62,17 @@ class TensorDecodeDataset(DecodeDataset):
         return result, payload
 
     def _load(self, entry):
-        from imgrag.retrieval.imageio import ImageDecodeError, content_hash
+        from imgrag.retrieval.imageio import ImageDecodeError
 
         t0 = time.perf_counter()
-        got = _read(entry)
+        got = read_entry(entry)
         if isinstance(got, DecodeResult):
             return got, None
         data, st = got
         t1 = time.perf_counter()
-        digest = content_hash(data)
-        meta: dict[str, Any] = {"id": entry.path, "path": entry.path, "size": st.st_size,
-                                "mtime_ns": st.st_mtime_ns, "hash": digest}
-        if digest in self.known_hashes:
-            return DecodeResult(entry, meta=meta, reused=True, read_s=t1 - t0), None
+        meta, reused = self._hashed(entry, data, st, t1 - t0)
+        if reused is not None:
+            return reused, None
         try:
             plain = None if self.ocr_lang else self._plain_jpeg(data)
             if plain is not None:
@@ -86,59 +83,27 @@ class TensorDecodeDataset(DecodeDataset):
         except ImageDecodeError as e:
             return DecodeResult(entry, error=str(e), read_s=t1 - t0), None
         t2 = time.perf_counter()
-        meta.update(width=img.width, height=img.height, taken_at=img.taken_at, gps_lat=img.gps_lat,
-                    gps_lon=img.gps_lon)
-        if self.ocr_lang:
-            from imgrag.indexer.documents import ocr_photo_text
-
-            meta["text"] = ocr_photo_text(img.image, self.ocr_lang)
+        self._describe(meta, img)
         pixels = _pil_to_uint8(img.image)
         return DecodeResult(entry, meta=meta, read_s=t1 - t0, decode_s=t2 - t1), ("u8", pixels)
 
     def _plain_jpeg(self, data: bytes) -> dict[str, Any] | None:
         """Row metadata of a JPEG the batched decoder can take exactly as the PIL path would; else None."""
-        from imgrag.retrieval import imageio
+        from imgrag.retrieval.imageio import REDUCE_ABOVE_PIXELS, read_jpeg_header
 
         if not data.startswith(b"\xff\xd8\xff") or not data.endswith(b"\xff\xd9"):
             return None  # not a JPEG, or truncated / trailing data: the PIL path decides
-        img = imageio._open(data, self.max_pixels)
-        w, h = img.size
-        if img.format != "JPEG" or img.mode not in ("RGB", "L") or getattr(img, "bits", 8) != 8:
-            return None
-        if w <= 0 or h <= 0 or w * h > min(self.max_pixels, imageio.REDUCE_ABOVE_PIXELS):
+        head = read_jpeg_header(data, self.max_pixels)
+        if head is None or head.mode not in ("RGB", "L") or head.bits != 8 or head.orientation != 1:
+            return None  # CMYK, 12-bit, EXIF-rotated: the PIL path's conversions
+        w, h = head.width, head.height
+        if w <= 0 or h <= 0 or w * h > min(self.max_pixels, REDUCE_ABOVE_PIXELS):
             return None  # the PIL path's size checks and reduced decode
         d = self.draft_size
         if d and w * h > self.draft_above_pixels and w // d >= 2 and h // d >= 2:
             return None  # a DCT-scaled draft on this worker is cheaper than a full decode
-        exif = imageio._read_exif(img)
-        if imageio._orientation(exif) != 1:
-            return None
-        taken_at, lat, lon = imageio._exif_metadata(exif)
-        return {"width": w, "height": h, "taken_at": taken_at, "gps_lat": lat, "gps_lon": lon}
-
-
-def _read(entry):
-    """(bytes, stat) of a work item's file, or a :class:`DecodeResult` with the reason it cannot be read
-    (the same reasons and the same changed-while-read check as :class:`DecodeDataset`)."""
-    from imgrag.retrieval.paths import to_fs
-
-    fs_path = to_fs(entry.path)
-    try:
-        with open(fs_path, "rb") as f:
-            st0 = os.fstat(f.fileno())
-            data = f.read()
-        st1 = os.stat(fs_path)
-    except FileNotFoundError:
-        return DecodeResult(entry, error="file disappeared before it could be read")
-    except PermissionError:
-        return DecodeResult(entry, error="permission denied")
-    except IsADirectoryError:
-        return DecodeResult(entry, error="is a directory")
-    except OSError as e:
-        return DecodeResult(entry, error=f"cannot read file ({e.strerror or e})")
-    if (st0.st_size, st0.st_mtime_ns) != (st1.st_size, st1.st_mtime_ns) or len(data) != st1.st_size:
-        return DecodeResult(entry, error="file changed while being read (will be retried next run)")
-    return data, st1
+        return {"width": w, "height": h, "taken_at": head.taken_at, "gps_lat": head.gps_lat,
+                "gps_lon": head.gps_lon}
 
 
 def _pil_decode(data: bytes, draft_size: int | None, max_pixels: int):

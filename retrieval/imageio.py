@@ -199,6 +199,33 @@ def decode_image(data: bytes, *, draft_size: int | None = None,
                         format=fmt)
 
 
+@dataclass
+class JpegHeader:
+    """What a JPEG's header says, read without decoding its pixels (EXIF sits in APP1, before the scan)."""
+
+    mode: str
+    bits: int
+    width: int  # as stored, before EXIF orientation
+    height: int
+    orientation: int  # EXIF orientation, 1 when absent or unreadable
+    taken_at: datetime | None
+    gps_lat: float | None
+    gps_lon: float | None
+
+
+def read_jpeg_header(data: bytes, max_pixels: int) -> JpegHeader | None:
+    """The header of a JPEG (None for any other format), with the same open-time checks and reasons as
+    :func:`decode_image` (it raises :class:`ImageDecodeError` for an unreadable header). Only for JPEG:
+    other formats (PNG) may load their pixels to read EXIF."""
+    img = _open(data, max_pixels)
+    if img.format != "JPEG":
+        return None
+    exif = _read_exif(img)
+    taken_at, lat, lon = _exif_metadata(exif)
+    return JpegHeader(mode=img.mode, bits=int(getattr(img, "bits", 8)), width=img.size[0], height=img.size[1],
+                      orientation=_orientation(exif), taken_at=taken_at, gps_lat=lat, gps_lon=lon)
+
+
 def _open(data: bytes, max_pixels: int) -> Image.Image:
     """``Image.open`` (header only) with reasons; Pillow's own bomb limit follows ``max_pixels``."""
     try:
