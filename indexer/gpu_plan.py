@@ -2,9 +2,10 @@
 
 :func:`plan_resources` takes what the machine has (visible GPUs, memory of the smallest one, CPU cores)
 and gives one model replica per GPU, a batch size that GPU memory holds with room to spare, and the
-decode workers the cores allow. ``bench/gpu_index.py`` and docs/gpu.md use it; :func:`detect` reads
-the machine. The local engine drives one GPU (``cuda``); one replica per GPU is ``--engine ray``, which
-starts one embed actor per GPU of the cluster (``indexer/ray_engine.py``).
+decode workers the cores allow. :func:`local_defaults` applies it to ``imgrag index`` when
+``--batch-size`` / ``--workers`` are not given (CUDA runs only; the CPU keeps its measured defaults);
+``bench/gpu_index.py`` uses it too; :func:`detect` reads the machine. The local engine runs one model
+replica per GPU (:mod:`imgrag.indexer.replicas`); ``--engine ray`` one embed actor per GPU of the cluster.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ RESERVED_FRACTION = 0.25
 MIN_BATCH, MAX_BATCH = 32, 1024  # throughput stops growing past ~1k images per forward pass
 CPU_BATCH = 32  # models on the CPU: memory, not speed, bounds the batch (retrieval/embedders/base.py)
 MAX_WORKERS = 64
+#: ``imgrag index`` on the CPU: images per loader batch (and forward pass) when --batch-size is not given.
+#: Kept from before the plan existed: 64 images keep 2 cores busy and a batch's floats under 40 MB.
+LOCAL_CPU_BATCH = 64
 
 
 @dataclass(frozen=True)
@@ -67,3 +71,31 @@ def detect() -> tuple[int, int, int]:
     except Exception:  # noqa: BLE001 - a broken CUDA setup means "no GPU"
         n, mem = 0, 0
     return n, mem, cores
+
+
+Facts = tuple[int, int, int]  # what detect() returns: (GPUs, memory of the smallest, cores)
+
+
+def local_defaults(batch_size: int | None, workers: int | None, devices: list[str],
+                   facts: Facts | None = None) -> tuple[int, int]:
+    """``(batch size per replica, decode workers)`` of a local ``imgrag index`` run on ``devices``.
+
+    Given values win. On CUDA the rest comes from :func:`plan_resources` with one replica per CUDA
+    device of ``devices`` and ``facts`` (default :func:`detect`); elsewhere batch
+    :data:`LOCAL_CPU_BATCH` and the loader's default workers (one per core on the CPU).
+    """
+    cuda = [d for d in devices if str(d).startswith("cuda")]
+    if not cuda:
+        from imgrag.indexer.loader import default_workers
+
+        return (int(batch_size or LOCAL_CPU_BATCH),
+                int(workers) if workers is not None else default_workers(devices[0] if devices else "cpu"))
+    _n, mem, cores = facts if facts is not None else detect()
+    plan = plan_resources(len(cuda), mem, cores)
+    return int(batch_size or plan.batch_size), int(workers) if workers is not None else plan.workers
+
+
+def default_batch_size(device: str, facts: Facts | None = None) -> int:
+    """Images per forward pass for a model on ``device`` when ``--batch-size`` is not given (the same
+    figure :func:`local_defaults` gives the loader, so a loader batch is one forward pass)."""
+    return local_defaults(None, 0, [str(device)], facts)[0]

@@ -28,9 +28,10 @@ from imgrag.indexer.documents import DocTracker, PageOptions, plan_documents, re
 from imgrag.retrieval.locking import writer_lock
 from imgrag.indexer.loader import CRASH_REASON, decoded_batches, default_workers
 from imgrag.indexer.plan import make_plan, reuse_sources
+from imgrag.indexer.replicas import ReplicaPool, build_replicas, parse_devices, precision_of, resolve_devices
 from imgrag.indexer.report import IndexReport, Progress
 from imgrag.indexer.scan import Skip, normalize_roots, scan
-from imgrag.indexer.tensor_decode import resolve_preprocess, tensor_loading
+from imgrag.indexer.tensor_decode import Finisher, resolve_preprocess, tensor_loading
 from imgrag.indexer.sources import supported_extensions
 from imgrag.retrieval.errors import ImgragError
 from imgrag.retrieval.index import Index
@@ -46,8 +47,9 @@ __all__ = ["CRASH_REASON", "IndexOptions", "IndexReport", "Progress", "build_ind
 
 @dataclass
 class IndexOptions:
-    batch_size: int = 64
-    workers: int | None = None  # None → default_workers(device); 0 → decode in the main process
+    # None → 64 on the CPU, from GPU memory on CUDA (indexer/gpu_plan.local_defaults); per replica
+    batch_size: int | None = None
+    workers: int | None = None  # None → default_workers(device), the plan's on CUDA; 0 → decode in the main process
     draft: bool = True  # JPEG reduced-size DCT decoding to the model's resolution
     commit_every: int = 1024  # rows per atomic commit
     max_pixels: int = DEFAULT_MAX_PIXELS
@@ -64,18 +66,24 @@ class IndexOptions:
     # "pil": decode + model transform in the workers; "tensor": workers read bytes (decode what the GPU cannot),
     # JPEG decode and resize/normalise on the model's device (indexer/tensor_decode.py); "auto": tensor on CUDA
     preprocess: str = "auto"
+    # one model replica per entry (indexer/replicas.py): None → every visible GPU when the model is on plain
+    # "cuda", else the model's device; ("all",) → every visible GPU; ("cpu", "cpu") → two CPU replicas
+    devices: tuple[str, ...] | None = None
+    replica_factory: Callable[[str], object] | None = None  # device → embedder; default: the index's model
 
     def validate(self) -> None:
         """Refuse bad options before anything is written (the CLI's parser checks them too)."""
         if not 0 < self.dpi <= 1200:  # NaN fails too
             raise ImgragError(f"--dpi must be between 1 and 1200, got {self.dpi:g}")
         for name, low in (("batch_size", 1), ("commit_every", 1), ("page_tiles", 0), ("max_pixels", 1)):
-            if int(getattr(self, name)) < low:
+            if getattr(self, name) is not None and int(getattr(self, name)) < low:
                 raise ImgragError(f"{name} must be at least {low}, got {getattr(self, name)}")
         if self.preprocess not in ("auto", "pil", "tensor"):
             raise ImgragError(f"preprocess must be auto, pil or tensor, got {self.preprocess!r}")
         if self.ocr_pages not in ("auto", "on", "off"):
             raise ImgragError(f"ocr_pages must be auto, on or off, got {self.ocr_pages!r}")
+        if self.devices is not None:
+            self.devices = parse_devices(",".join(self.devices))
 
 
 def build_index(index: Index, roots: Iterable[str | Path], options: IndexOptions | None = None,
@@ -178,12 +186,18 @@ def _run(index: Index, roots: list[str], opts: IndexOptions, progress) -> IndexR
 
 def _embed(index: Index, work: list, opts: IndexOptions, committer: LocalCommitter, rep: IndexReport,
            secs: dict[str, float], progress, t_embed: float) -> None:
-    """Decode ``work`` in worker processes, embed it here, hand rows to ``committer`` (commits every
-    ``commit_every`` rows)."""
+    """Decode ``work`` in worker processes, embed it on one model replica per device (round-robin,
+    :mod:`~imgrag.indexer.replicas`), hand rows to ``committer`` in order (commits every ``commit_every``
+    rows)."""
     import torch  # noqa: F401 — imported in the parent before DataLoader forks its workers
+
+    from imgrag.indexer.gpu_plan import local_defaults
 
     emb = index.embedder
     transform = emb.image_transform()  # loads the model
+    device = str(getattr(emb, "device", "cpu"))
+    devices = resolve_devices(opts.devices, device)
+    batch_size, workers = local_defaults(opts.batch_size, opts.workers, devices)
     draft = emb.image_size if opts.draft else None
     if opts.ocr_images:
         draft = None  # OCR needs the full resolution
@@ -191,81 +205,150 @@ def _embed(index: Index, work: list, opts: IndexOptions, committer: LocalCommitt
     ds_kwargs = dict(page_transform=PageTransform(transform, crop_fraction_of(emb), opts.page_tiles),
                      page_options=PageOptions(opts.dpi, opts.page_tiles, opts.ocr_pages, opts.ocr_lang),
                      ocr_lang=opts.ocr_lang if opts.ocr_images else None)
-    device = str(getattr(emb, "device", "cpu"))
     collate_fn, finish = collate, None
     if resolve_preprocess(opts.preprocess, device, emb) == "tensor":
         ds, collate_fn, finish = tensor_loading(emb, device, ds_args, ds_kwargs)
     else:
         ds = DecodeDataset(*ds_args, **ds_kwargs)
-    workers = default_workers(device) if opts.workers is None else max(0, opts.workers)
-    workers = min(workers, max(0, (len(work) + opts.batch_size - 1) // opts.batch_size))
+    replicas = build_replicas(emb, devices, opts.replica_factory or _replica_factory(index, emb, batch_size))
+    # the tensor path on CUDA finishes (GPU JPEG decode, resize) on each replica's own device
+    finishers = [finish if finish is None or r is emb else Finisher(r.tensor_transform(), d, ds.max_pixels)
+                 for r, d in zip(replicas, devices)]
+    if len(replicas) > 1:
+        log.info("embedding on %d model replicas: %s", len(replicas), ", ".join(devices))
+    workers = min(max(0, workers), max(0, (len(work) + batch_size - 1) // batch_size))
     # Workers only read files and run the image transform; they never touch the store, so LanceDB's
     # "fork support is experimental" warning (about its runtime in the child) does not apply to them.
     warnings.filterwarnings("ignore", message=".*fork support is experimental.*")
     docs = committer.docs
-    done = 0
-    tw = time.perf_counter()
-    for results, pixels, rows in decoded_batches(ds, opts.batch_size, workers, device.startswith("cuda"), collate_fn):
-        secs["wait"] += time.perf_counter() - tw
-        if finish is not None:  # tensor path on CUDA: decode JPEGs + resize/normalise on the GPU
-            pixels, rows = finish(results, pixels)
-        pixels, rows = _reuse_in_run(results, pixels, rows, committer.hash_to_id)
-        for r in results:
-            docs.page_done(r.entry.path)
-            if r.meta is not None:
-                rep.ocr_pages += bool(r.meta.get("ocr"))
-                rep.pages_without_text += bool(r.meta.get("needs_ocr"))
-            secs["read"] += r.read_s
-            secs["decode"] += r.decode_s
-            secs["preprocess"] += r.preprocess_s
-            if r.error is not None:
-                committer.errors.append(Skip(_key(r.entry), r.error, r.entry.size, r.entry.mtime_ns).to_dict())
-            elif r.reused:
-                committer.reuse.append(r.meta)
-        if pixels is not None:
-            tm = time.perf_counter()
-            vecs = emb.embed_pixels(pixels)
-            vecs, rows = pool_views(vecs, rows)  # a page's views → one vector
-            secs["model"] += time.perf_counter() - tm
-            bad = ~np.isfinite(vecs).all(axis=1)
-            for j, ri in enumerate(rows):
-                r = results[ri]
-                if bad[j]:
-                    committer.errors.append(Skip(_key(r.entry), "model produced a non-finite vector",
-                                                 r.entry.size, r.entry.mtime_ns).to_dict())
-                    continue
-                committer.add(r.meta, vecs[j : j + 1])
-            rep.embedded += int((~bad).sum())
-        rep.reused += sum(1 for r in results if r.reused)
-        done += len(results)
-        if committer.pending >= opts.commit_every:
-            committer.commit()
-        if progress is not None:
-            progress(Progress(done, len(work), rep.embedded, rep.reused,
-                              len(committer.errors) + committer.skips.count(), time.perf_counter() - t_embed))
+    inflight: set[str] = set()  # reuse keys of batches handed to a replica and not yet back
+    known = _Known(committer.hash_to_id, inflight)
+
+    def jobs():
         tw = time.perf_counter()
+        for results, pixels, rows in decoded_batches(ds, batch_size, workers, device.startswith("cuda"), collate_fn):
+            secs["wait"] += time.perf_counter() - tw
+            dup, keys = _mark_reused(results, known)
+            inflight.update(keys)
+            yield results, pixels, rows, dup, keys
+            tw = time.perf_counter()
+
+    def embed(i: int, job):  # in replica i's thread (inline with one replica)
+        results, pixels, rows, dup, _keys = job
+        if finishers[i] is not None:  # tensor path on CUDA: decode JPEGs + resize/normalise on the GPU
+            with _on_device(devices[i]):
+                pixels, rows = finishers[i](results, pixels)
+        pixels, rows = _drop_rows(pixels, rows, dup)
+        if pixels is None:
+            return None, rows, 0.0
+        tm = time.perf_counter()
+        with _on_device(devices[i]):
+            vecs = replicas[i].embed_pixels(pixels)
+        vecs, rows = pool_views(vecs, rows)  # a page's views → one vector
+        return vecs, rows, time.perf_counter() - tm
+
+    done = 0
+    with ReplicaPool(devices, embed) as pool:
+        for (results, _p, _r, _d, keys), (vecs, rows, model_s) in pool.run(jobs()):
+            for r in results:
+                docs.page_done(r.entry.path)
+                if r.meta is not None:
+                    rep.ocr_pages += bool(r.meta.get("ocr"))
+                    rep.pages_without_text += bool(r.meta.get("needs_ocr"))
+                secs["read"] += r.read_s
+                secs["decode"] += r.decode_s
+                secs["preprocess"] += r.preprocess_s
+                if r.error is not None:
+                    committer.errors.append(Skip(_key(r.entry), r.error, r.entry.size, r.entry.mtime_ns).to_dict())
+                elif r.reused:
+                    committer.reuse.append(r.meta)
+            if vecs is not None:
+                secs["model"] += model_s
+                bad = ~np.isfinite(vecs).all(axis=1)
+                for j, ri in enumerate(rows):
+                    r = results[ri]
+                    if bad[j]:
+                        committer.errors.append(Skip(_key(r.entry), "model produced a non-finite vector",
+                                                     r.entry.size, r.entry.mtime_ns).to_dict())
+                        continue
+                    committer.add(r.meta, vecs[j : j + 1])
+                rep.embedded += int((~bad).sum())
+            inflight.difference_update(keys)  # the committer's hash_to_id knows the embedded ones now
+            rep.reused += sum(1 for r in results if r.reused)
+            done += len(results)
+            if committer.pending >= opts.commit_every:
+                committer.commit()
+            if progress is not None:
+                progress(Progress(done, len(work), rep.embedded, rep.reused,
+                                  len(committer.errors) + committer.skips.count(), time.perf_counter() - t_embed))
 
 
-def _reuse_in_run(results: list, pixels, rows: list[int], known: dict[str, str]):
+def _replica_factory(index: Index, emb, batch_size: int):
+    """device → a replica of the index's model (same precision, loader-sized forward passes), checked
+    against the index like the first one."""
+    from imgrag.retrieval.embedders import load_embedder
+    from imgrag.retrieval.index import check_compatible
+
+    precision = precision_of(emb)
+
+    def make(device: str):
+        r = load_embedder(index.manifest.model, device=device, precision=precision, batch_size=batch_size)
+        check_compatible(index.manifest, r, index.root)
+        return r
+    return make
+
+
+def _on_device(device: str):
+    """Make ``device`` the thread's current CUDA device (nvJPEG and the model's kernels run there)."""
+    import contextlib
+
+    if device.startswith("cuda"):
+        import torch
+
+        return torch.cuda.device(torch.device(device))
+    return contextlib.nullcontext()
+
+
+class _Known:
+    """Reuse keys known before a batch: the committer's (embedded, committed or pending) plus those of
+    batches still on a replica — so a copy met in the next batch is reused, as with one replica."""
+
+    def __init__(self, committed: dict[str, str], inflight: set[str]) -> None:
+        self.committed, self.inflight = committed, inflight
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.committed or key in self.inflight
+
+
+def _mark_reused(results: list, known) -> tuple[set[int], list[str]]:
     """Mark results whose content was already embedded in this run (in an earlier batch, or earlier in this
-    one) as reused and drop their pixels → ``(pixels or None, rows)``.
+    one) as reused → ``(their indices, the reuse keys this batch will embed)``.
 
     The decode workers only know the hashes the index held when the run started, so copies first met in
     one run (a folder with copied files and symlinks) come back decoded; this spares the model, and the
     committer takes their vector from the pending or committed row (:meth:`LocalCommitter.add` records it).
+    On the CUDA tensor path this runs before the GPU decode: a copy of a JPEG that then fails to decode is
+    recorded as a skip to retry ("content matched a deleted item"), not as the same decode error.
     """
-    seen: set[str] = set()
+    seen: list[str] = []
+    seen_set: set[str] = set()
     dup: set[int] = set()
     for i, r in enumerate(results):
         key = reuse_key(r.meta) if r.error is None and not r.reused and r.meta is not None else None
         if key is None:
             continue
-        if key in known or key in seen:
+        if key in known or key in seen_set:
             r.reused = True
             dup.add(i)
         else:
-            seen.add(key)
-    if not dup or pixels is None:
+            seen.append(key)
+            seen_set.add(key)
+    return dup, seen
+
+
+def _drop_rows(pixels, rows: list[int], dup: set[int]):
+    """``(pixels, rows)`` without the rows of results in ``dup``; ``(None, [])`` when none is left."""
+    if pixels is None or not dup:
         return pixels, rows
     keep = [j for j, ri in enumerate(rows) if ri not in dup]
     return (pixels[keep], [rows[j] for j in keep]) if keep else (None, [])

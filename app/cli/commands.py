@@ -54,6 +54,9 @@ def cmd_index(args) -> int:
         raise ImgragError("--ray-address and --ray-actors need --engine ray")
     if args.engine == "ray" and args.ocr:
         raise ImgragError("--ocr needs the local engine (imgrag index without --engine ray)")
+    if args.devices and (args.engine == "ray" or args.device != "auto"):
+        raise ImgragError("--devices needs the local engine and no --device (the list names every device); "
+                          "--engine ray starts one actor per GPU itself")
     # validate first, destroy last: every argument, path and the model are checked before the index is touched
     root = args.index or default_index_dir()
     existing = _readable_manifest(Manifest, root) if args.rebuild else (
@@ -74,7 +77,7 @@ def cmd_index(args) -> int:
                            commit_every=args.commit_every, retry_skipped=args.retry_skipped, prune=args.prune,
                            dpi=args.dpi, page_tiles=args.page_tiles, ocr_images=args.ocr, ocr_pages=args.ocr_pages,
                            max_pixels=pixel_limit(args.max_megapixels),
-                           preprocess=args.preprocess)
+                           preprocess=args.preprocess, devices=args.devices)
     options.validate()
     if args.engine != "ray":
         from imgrag.indexer.pipeline import check_roots
@@ -82,8 +85,16 @@ def cmd_index(args) -> int:
 
         check_roots(normalize_roots(args.paths))
 
-    def make_embedder():
-        return load_embedder(model, device=args.device, precision=args.precision, batch_size=args.batch_size)
+    def make_embedder():  # the model's forward passes are the loader's batches (indexer/gpu_plan.py)
+        device = args.devices[0] if args.devices and args.devices != ("all",) else \
+            ("cuda:0" if args.devices else args.device)
+        batch = args.batch_size
+        if batch is None:
+            from imgrag.indexer.gpu_plan import default_batch_size
+            from imgrag.retrieval.device import resolve_device
+
+            batch = default_batch_size(resolve_device(device))
+        return load_embedder(model, device=device, precision=args.precision, batch_size=batch)
 
     # a new index, a rebuild, or a --model to check against the index now (its spelling may differ): build it
     # here; otherwise the model loads (and is checked against the index) only if a file needs embedding
@@ -97,7 +108,7 @@ def cmd_index(args) -> int:
         if args.engine == "ray":
             from imgrag.indexer.ray_engine import RayOptions, build_index_ray
 
-            ropts = RayOptions(address=args.ray_address, actors=args.ray_actors, batch_size=args.batch_size,
+            ropts = RayOptions(address=args.ray_address, actors=args.ray_actors, batch_size=args.batch_size or 64,
                                commit_every=max(args.commit_every, 1), draft=args.draft,
                                retry_skipped=args.retry_skipped, prune=args.prune, device=args.device,
                                precision=args.precision, max_pixels=pixel_limit(args.max_megapixels))

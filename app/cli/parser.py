@@ -84,10 +84,16 @@ def build_parser() -> argparse.ArgumentParser:
                                     "'lite' = offline model). An existing index keeps its model.")
     pi.add_argument("--store", choices=["lancedb", "faiss"], help="vector store for a new index (default lancedb)")
     pi.add_argument("--faiss-factory", metavar="STR", help="FAISS index factory string (default Flat), e.g. HNSW32, IVF4096,SQ8")
-    pi.add_argument("--batch-size", type=_positive_int, default=64, help="images per forward pass (default 64)")
+    pi.add_argument("--batch-size", type=_positive_int, default=None,
+                    help="images per forward pass of each model replica (default: 64 on the CPU; on CUDA the "
+                         "largest power of two that GPU memory holds, 32..1024: indexer/gpu_plan.py)")
     pi.add_argument("--workers", type=_nonneg_int, default=None,
-                    help="decode worker processes (default: one per core on CPU, cores-1 with a GPU, 1..8; "
-                         "0 = decode in the main process)")
+                    help="decode worker processes (default: one per core on the CPU, 1..8; on CUDA every core but "
+                         "one per GPU, at most 64; 0 = decode in the main process)")
+    pi.add_argument("--devices", type=_device_list, metavar="LIST", default=None,
+                    help="run one model replica per listed device, e.g. cuda:0,cuda:1 or cpu,cpu; 'all' = every "
+                         "visible GPU (default: every visible GPU when the model runs on plain cuda, i.e. --device "
+                         "auto or cuda; --device cuda:N uses that GPU alone). Local engine only (docs/gpu.md)")
     pi.add_argument("--no-draft", dest="draft", action="store_false",
                     help="decode JPEGs at full size (default: reduced-size DCT decoding to the model's resolution)")
     pi.add_argument("--max-megapixels", type=_megapixels, metavar="N", help=MAX_MEGAPIXELS_HELP)
@@ -314,3 +320,14 @@ def _version() -> str:
         return version("imgrag")
     except Exception:  # noqa: BLE001
         return "unknown"
+
+
+def _device_list(s: str) -> tuple[str, ...]:
+    """``--devices``: ``all`` or a comma list of cpu / cuda / cuda:N / mps (indexer/replicas.py)."""
+    from imgrag.indexer.replicas import parse_devices
+    from imgrag.retrieval.errors import ImgragError
+
+    try:
+        return parse_devices(s)
+    except ImgragError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("--devices: ")) from None
