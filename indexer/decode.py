@@ -63,8 +63,6 @@ class DecodeDataset:
             return DecodeResult(entry, error=f"unexpected error: {type(e).__name__}: {e}"), None
 
     def _load(self, entry: FileEntry):
-        from imgrag.retrieval.imageio import ImageDecodeError, decode_image
-
         t0 = time.perf_counter()
         got = read_entry(entry)
         if isinstance(got, DecodeResult):
@@ -74,15 +72,22 @@ class DecodeDataset:
         meta, reused = self._hashed(entry, data, st, t1 - t0)
         if reused is not None:
             return reused, None
+        return self._decode(entry, data, meta, t1 - t0)
+
+    def _decode(self, entry: FileEntry, data: bytes, meta: dict[str, Any], read_s: float):
+        """A new content's (result, payload): here decoded and preprocessed with the model's PIL transform."""
+        from imgrag.retrieval.imageio import ImageDecodeError, decode_image
+
+        t1 = time.perf_counter()
         try:
             img = decode_image(data, draft_size=self.draft_size, max_pixels=self.max_pixels)
         except ImageDecodeError as e:
-            return DecodeResult(entry, error=str(e), read_s=t1 - t0), None
+            return DecodeResult(entry, error=str(e), read_s=read_s), None
         t2 = time.perf_counter()
         self._describe(meta, img)
         pixels = self.transform(bound_aspect(img.image))
         t3 = time.perf_counter()
-        return DecodeResult(entry, meta=meta, read_s=t1 - t0, decode_s=t2 - t1, preprocess_s=t3 - t2), pixels
+        return DecodeResult(entry, meta=meta, read_s=read_s, decode_s=t2 - t1, preprocess_s=t3 - t2), pixels
 
     def _hashed(self, entry: FileEntry, data: bytes, st: os.stat_result, read_s: float):
         """(row metadata, the file's result if its content is already in the index — vector reused — else None)."""

@@ -29,7 +29,7 @@ import time
 import warnings
 from typing import Any, Callable
 
-from imgrag.indexer.decode import MAX_ASPECT, DecodeDataset, DecodeResult, read_entry
+from imgrag.indexer.decode import MAX_ASPECT, DecodeDataset, DecodeResult
 
 log = logging.getLogger("imgrag.indexer")
 
@@ -61,31 +61,24 @@ class TensorDecodeDataset(DecodeDataset):
             return result, ("page", payload)
         return result, payload
 
-    def _load(self, entry):
+    def _decode(self, entry, data: bytes, meta: dict[str, Any], read_s: float):
+        """Plain JPEGs pass on as bytes; anything else is decoded to uint8 by the PIL path."""
         from imgrag.retrieval.imageio import ImageDecodeError
 
-        t0 = time.perf_counter()
-        got = read_entry(entry)
-        if isinstance(got, DecodeResult):
-            return got, None
-        data, st = got
         t1 = time.perf_counter()
-        meta, reused = self._hashed(entry, data, st, t1 - t0)
-        if reused is not None:
-            return reused, None
         try:
             plain = None if self.ocr_lang else self._plain_jpeg(data)
             if plain is not None:
                 meta.update(plain)
                 t2 = time.perf_counter()
-                return DecodeResult(entry, meta=meta, read_s=t1 - t0, decode_s=t2 - t1), ("jpeg", _as_tensor(data))
+                return DecodeResult(entry, meta=meta, read_s=read_s, decode_s=t2 - t1), ("jpeg", _as_tensor(data))
             img = _pil_decode(data, self.draft_size, self.max_pixels)
         except ImageDecodeError as e:
-            return DecodeResult(entry, error=str(e), read_s=t1 - t0), None
+            return DecodeResult(entry, error=str(e), read_s=read_s), None
         t2 = time.perf_counter()
         self._describe(meta, img)
         pixels = _pil_to_uint8(img.image)
-        return DecodeResult(entry, meta=meta, read_s=t1 - t0, decode_s=t2 - t1), ("u8", pixels)
+        return DecodeResult(entry, meta=meta, read_s=read_s, decode_s=t2 - t1), ("u8", pixels)
 
     def _plain_jpeg(self, data: bytes) -> dict[str, Any] | None:
         """Row metadata of a JPEG the batched decoder can take exactly as the PIL path would; else None."""
