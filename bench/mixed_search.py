@@ -26,6 +26,7 @@ Needs the ``lite`` and ``docs`` extras and ``fpdf2``; the manuals come from ``ap
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import shutil
@@ -158,9 +159,8 @@ class MemoTexts:
         return np.stack([self._memo[t] for t in texts])
 
 
-def evaluate(index, qs, modes=MODES, **kw) -> dict[str, dict[str, dict[str, float]]]:
-    """{mode: {kind: {R@10, nDCG@10, fewer_photos, empty, n}}} (fewer_photos: queries whose top 10 hold
-    fewer relevant photos than vector mode's)."""
+def run_modes(index, qs, modes=MODES, **kw) -> dict[str, list[list[str]]]:
+    """{mode: top-10 ids per query}."""
     from imgrag.retrieval.queries.hybrid import search_documents
 
     got: dict[str, list[list[str]]] = {}
@@ -169,24 +169,78 @@ def evaluate(index, qs, modes=MODES, **kw) -> dict[str, dict[str, dict[str, floa
         got[mode] = [[h.id for h in search_documents(index, q, k=K, mode=mode, with_snippets=False, **kw)]
                      for _, q, _ in qs]
         log(f"  {mode}: {1000 * (time.perf_counter() - t) / len(qs):.0f} ms/query")
-    out: dict[str, dict[str, dict[str, float]]] = {}
-    kinds = sorted({k for k, _, _ in qs}) + ["all"]
-    for mode in modes:
+    return got
+
+
+def score(got: dict[str, list[list[str]]], qs, sel=None) -> dict[str, dict[str, dict]]:
+    """{mode: {kind: {R@10, nDCG@10, fewer_photos, fewer_queries, empty, n}}} over the queries ``sel`` (all by
+    default); fewer_photos: queries whose top 10 hold fewer relevant photos than vector mode's."""
+    sel = range(len(qs)) if sel is None else sel
+    out: dict[str, dict[str, dict]] = {}
+    kinds = sorted({qs[i][0] for i in sel}) + ["all"]
+    for mode in got:
         out[mode] = {}
         for kind in kinds:
-            sel = [i for i, (k, _, _) in enumerate(qs) if kind in ("all", k)]
-            rec, ndcg, fewer, empty = [], [], 0, 0
+            rec, ndcg, fewer, empty = [], [], [], 0
             for i in sel:
+                if kind not in ("all", qs[i][0]):
+                    continue
                 rel, ids = qs[i][2], got[mode][i]
                 rec.append(len(rel & set(ids)) / len(rel))
                 dcg = sum(1 / math.log2(r + 2) for r, x in enumerate(ids) if x in rel)
                 ndcg.append(dcg / sum(1 / math.log2(r + 2) for r in range(min(len(rel), K))))
                 photos = {x for x in rel if "#page=" not in x}
-                fewer += len(photos & set(ids)) < len(photos & set(got["vector"][i])) if "vector" in got else 0
+                if "vector" in got and len(photos & set(ids)) < len(photos & set(got["vector"][i])):
+                    fewer.append(qs[i][1])
                 empty += not ids
             out[mode][kind] = {"R@10": sum(rec) / len(rec), "nDCG@10": sum(ndcg) / len(ndcg),
-                               "fewer_photos": fewer, "empty": empty, "n": len(sel)}
+                               "fewer_photos": len(fewer), "fewer_queries": fewer, "empty": empty, "n": len(rec)}
     return out
+
+
+def evaluate(index, qs, modes=MODES, **kw) -> dict[str, dict[str, dict]]:
+    return score(run_modes(index, qs, modes, **kw), qs)
+
+
+def halves(qs) -> list[list[int]]:
+    """Two fixed halves of the queries (by a hash of the text) for choosing on one and checking on the other."""
+    h = [int(hashlib.md5(q.encode()).hexdigest(), 16) % 2 for _, q, _ in qs]
+    return [[i for i, x in enumerate(h) if x == half] for half in (0, 1)]
+
+
+def evidence_sweep(index, qs, vec: list[list[str]]) -> dict:
+    """Keyword-evidence variants (FULL_MATCH × SHARE_POWER of hybrid.py; FULL_MATCH None = BM25 relative to
+    the query's best hit, the rule before 2026-12) on all queries and on each half, and the variant a half
+    would choose (no page or mixed recall lost against the old rule, then fewest 'fewer photos', then best
+    R@10) scored on the other half."""
+    from imgrag.retrieval.queries import hybrid
+
+    keep = hybrid.FULL_MATCH, hybrid.SHARE_POWER
+    runs = {}
+    try:
+        for full in (None, 1.25, 1.5, 1.75, 2.0, 2.5):
+            for power in ((0.0,) if full is None else (0.0, 0.25, 0.5, 0.75, 1.0)):
+                hybrid.FULL_MATCH, hybrid.SHARE_POWER = full, power
+                log(f"keyword evidence: full match {full}, sharing power {power}")
+                runs[(full, power)] = run_modes(index, qs, ("hybrid",))["hybrid"]
+    finally:
+        hybrid.FULL_MATCH, hybrid.SHARE_POWER = keep
+    parts = halves(qs)
+    res = {f"{f}/{p}": {"all": score({"vector": vec, "hybrid": got}, qs)["hybrid"],
+                        **{f"half{h}": score({"vector": vec, "hybrid": got}, qs, parts[h])["hybrid"] for h in (0, 1)}}
+           for (f, p), got in runs.items()}
+    old = res["None/0.0"]
+
+    def key(name: str, part: str):
+        r, b = res[name][part], old[part]
+        lost = r["page"]["R@10"] < b["page"]["R@10"] - 1e-9 or r["mixed"]["R@10"] < b["mixed"]["R@10"] - 1e-9
+        return lost, r["all"]["fewer_photos"], -r["all"]["R@10"]
+    cv = {}
+    for train, test in (("half0", "half1"), ("half1", "half0")):
+        pick = min(res, key=lambda n: key(n, train))
+        cv[f"chosen on {train}"] = {"variant": pick, "train": res[pick][train]["all"], "test": res[pick][test]["all"],
+                                    "test_old_rule": old[test]["all"]}
+    return {"variants": res, "cv": cv}
 
 
 def print_table(res: dict, title: str) -> None:
@@ -229,10 +283,14 @@ def main() -> int:
     log(f"index: {index.store.count()} items ({rep.embedded} embedded in {time.perf_counter() - t:.0f}s); "
         f"{len(qs)} queries")
     index._embedder = MemoTexts(index.embedder)  # every mode embeds the same queries: embed each once
-    res = evaluate(index, qs)
+    got = run_modes(index, qs)
+    res = score(got, qs)
     record("mixed_search", res, {"label": args.label, "model": "lite", "k": K, "manuals": MANUALS,
                                  "hybrid_from": args.hybrid_from})
     print_table(res, f"mixed corpus ({index.store.count()} items), lite model, {args.label}")
+    for h, part in enumerate(halves(qs)):
+        print_table(score(got, qs, part), f"half {h} of the queries (fixed hash split), {args.label}")
+    log(f"fewer photos than vector ({args.label}): {res['auto']['all']['fewer_queries']}")
     if args.sweep:
         sweep = {}
         for w, gate in SWEEP:
@@ -241,7 +299,18 @@ def main() -> int:
                                                          vector_gate=gate)["hybrid"]
         record("mixed_search_sweep", sweep, {"label": args.label, "model": "lite", "k": K})
         print_table({"vector": res["vector"], **sweep}, "hybrid variants")
-        res = {**res, **sweep}
+        ev = evidence_sweep(index, qs, got["vector"])
+        record("mixed_search_evidence", ev, {"label": args.label, "model": "lite", "k": K})
+        rows = [[n] + [f"{v[part]['all']['fewer_photos']}" for part in ("half0", "half1", "all")]
+                + [f"{v['all'][k]['R@10']:.3f}" for k in ("photo", "category", "page", "mixed", "all")]
+                for n, v in ev["variants"].items()]
+        table(["full match / sharing power", "fewer h0", "fewer h1", "fewer all", "photo", "category", "page",
+               "mixed", "all"], rows, title="keyword evidence variants (R@10 over all queries)")
+        for name, c in ev["cv"].items():
+            log(f"{name}: {c['variant']}; held-out half: fewer photos {c['test']['fewer_photos']} "
+                f"{c['test']['fewer_queries']} (old rule {c['test_old_rule']['fewer_photos']}), R@10 all "
+                f"{c['test']['R@10']:.3f} (old rule {c['test_old_rule']['R@10']:.3f})")
+        res = {**res, **sweep, "evidence": ev}
     if args.json:
         print(json.dumps(res, indent=2))
     return 0

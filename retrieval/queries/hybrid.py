@@ -14,12 +14,18 @@
   indexes; :func:`rrf_fuse` and :func:`fuse` remain for callers that want rank fusion.)
 - ``auto``: hybrid when the index holds any text, else vector.
 
-The keyword match ``kw`` = (share of the query's words the text holds)² × (BM25 / best BM25 of the query):
-1 for the page that matches every word best, lower for partial or weaker matches, 0 without a match. It is
-computed from the stored text, so LanceDB and FAISS give the same value. When the vector ranking carries
-no information (its best similarity does not exceed the candidates' median by ``vector_gate``; lite on
-text-only pages), keyword matches are ordered by ``kw`` alone: their relevance uses the median similarity
-instead of their own, but never falls below their own similarity.
+The keyword match ``kw`` = (share of the query's words the text holds)² × strength / √(pages sharing the
+match), 0 without a match (:func:`keyword_evidence`). *Strength* is BM25 / max(best BM25 of the query,
+BM25 of two words that only this page holds): BM25's order, but full only where the best page's match is
+worth two words no other page says, so one common word ("cat" in R's manuals, "object") is weak evidence
+however well a page matches it. *Sharing* is how many keyword hits hold at least the words this page
+holds: a match that singles one page out keeps its weight; a word a dozen pages say lifts none of them
+far. Before 2026-12 strength was BM25 / best BM25, so the best page for any word was a full match and
+pages that say "cat" outranked cat photos (6 of 282 bench queries returned fewer relevant photos than
+vector search; 0 since, bench/mixed_search.py). When the vector ranking carries no information (its best
+similarity does not exceed the candidates' median by ``vector_gate``; lite on text-only pages), keyword
+matches are ordered by ``kw`` alone: their relevance uses the median similarity instead of their own, but
+never falls below their own similarity.
 
 Each hit's ``row`` gains ``similarity``, ``keyword``, ``matched_terms`` (and ``bm25``, ``rank_vector``,
 ``rank_text`` where they apply), plus ``snippet`` (the best-matching window of its text) and
@@ -28,6 +34,8 @@ Each hit's ``row`` gains ``similarity``, ``keyword``, ``matched_terms`` (and ``b
 
 from __future__ import annotations
 
+import math
+import weakref
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
@@ -43,7 +51,11 @@ if TYPE_CHECKING:  # pragma: no cover
 MODES = ("auto", "vector", "text", "hybrid")
 RRF_K = 60
 DEFAULT_WEIGHTS = (1.0, 1.0)  # (vector, text)
-COVER_POWER = 2  # keyword match = (share of the query's words present) ** COVER_POWER × relative BM25
+COVER_POWER = 2  # keyword match = (share of the query's words present) ** COVER_POWER × strength / sharing
+#: a keyword match can have full strength only when its BM25 reaches that of FULL_MATCH words each found on
+#: that page alone (FULL_MATCH × unique_idf; 1.75–2.5 measured, bench/mixed_search.py --sweep)
+FULL_MATCH: float | None = 2.0
+SHARE_POWER = 0.5  # kw ÷ (pages whose matched words include this page's) ** SHARE_POWER (0.5–0.75 measured)
 
 
 def hybrid_defaults(model_id: str | None) -> tuple[tuple[float, float], float]:
@@ -160,7 +172,7 @@ def search_documents(index: "Index", query: str, k: int = 10, mode: str = "hybri
     def fetch(m: int) -> tuple[list[Hit], bool]:  # m candidates a side → (ranked hits, more may exist)
         if mode == "text":
             txt = index.store.text_search(query, m, filters=filters)
-            ev = keyword_evidence(txt, query)
+            ev = keyword_evidence(txt, query, text_rows(index) if txt else None)
             got = [_with(h, ev[h.id][0], keyword=ev[h.id][0], bm25=float(h.score), matched_terms=ev[h.id][1],
                          rank_text=r) for r, h in enumerate(txt, 1)]
             got.sort(key=lambda h: (-h.score, h.row["rank_text"]))
@@ -173,26 +185,66 @@ def search_documents(index: "Index", query: str, k: int = 10, mode: str = "hybri
     return add_snippets(hits, query) if with_snippets else hits
 
 
-def keyword_evidence(txt: Sequence[Hit], query: str) -> dict[str, tuple[float, list[str]]]:
-    """id → (keyword match in 0–1, matched query words) for keyword hits (``score`` = BM25).
+def keyword_evidence(txt: Sequence[Hit], query: str,
+                     n_text: int | None = None) -> dict[str, tuple[float, list[str]]]:
+    """id → (keyword match in 0–1, matched query words) for keyword hits (``score`` = BM25), ``n_text``
+    being the number of items with text (the BM25 corpus; :func:`text_rows`).
 
-    The match is the square of the share of the query's words found in the item's text times its BM25
-    relative to the best hit's. Squaring discounts partial matches: a page holding one word of a four-word
-    photo caption ("side", "looking") gets 1/16, not 1/4, and no longer outranks the photo the caption
-    describes, while a page holding every word keeps 1 (bench/mixed_search.py: photo-caption R@10 0.53 →
-    0.58, page queries unchanged). A hit the store found by stemming that the plain word fold misses counts
-    one word.
+    The match is coverage² × strength / sharing^SHARE_POWER (module docstring). Coverage, the share of the
+    query's words found, is squared to discount partial matches: a page holding one word of a four-word
+    photo caption ("side", "looking") gets 1/16 of a full match. Strength is BM25 ÷ max(best hit's BM25,
+    FULL_MATCH × :func:`unique_idf`): BM25's order, but the best page for a common word is no full match
+    just for being the best. Without ``n_text`` (or with ``FULL_MATCH = None``) it is BM25 ÷ the best
+    hit's, the rule before 2026-12. Sharing counts the hits whose matched words include this hit's: "cat",
+    said by 7 pages of R's manuals, is divided by √7; a phrase only one page holds is not. A hit the store
+    found by stemming that the plain word fold misses counts one word, shared by all hits.
     """
     from imgrag.retrieval.textsearch import matched_terms, tokenize
 
     n_terms = max(len(dict.fromkeys(tokenize(query))), 1)
     best = max((float(h.score) for h in txt), default=0.0)
+    # BM25 relative to the best hit (keeps BM25's order), but to at least the full-match level
+    scale = max(best, FULL_MATCH * unique_idf(n_text)) if n_text and FULL_MATCH else best  # None: the old rule
+    words = {h.id: matched_terms(h.row.get("text"), query) for h in txt}
+    sets = [frozenset(w) for w in words.values()]
     out: dict[str, tuple[float, list[str]]] = {}
     for h in txt:
-        words = matched_terms(h.row.get("text"), query)
-        cover = min(max(len(words), 1), n_terms) / n_terms
-        out[h.id] = (cover ** COVER_POWER * float(h.score) / best if best > 0 else 0.0, words)
+        mine = frozenset(words[h.id])
+        sharing = sum(1 for o in sets if mine <= o)  # an empty set (stemmed match only) is in every hit
+        cover = min(max(len(mine), 1), n_terms) / n_terms
+        strength = float(h.score) / scale if scale > 0 else 0.0
+        out[h.id] = (cover ** COVER_POWER * strength / max(sharing, 1) ** SHARE_POWER, words[h.id])
     return out
+
+
+def unique_idf(n_text: int) -> float:
+    """BM25's idf of a word that one item of ``n_text`` holds (the most a single word can weigh)."""
+    return math.log(1.0 + (max(n_text, 1) - 0.5) / 1.5)
+
+
+def text_rows(index: "Index") -> int:
+    """How many items hold text (the corpus BM25 counts), cached per store until its row count changes."""
+    store = index.store
+    total = store.count()
+    try:
+        cached = _TEXT_ROWS.get(store)
+    except TypeError:  # a store that cannot be weakly referenced: count every time
+        cached = None
+    if cached is not None and cached[0] == total:
+        return cached[1]
+    import pyarrow.compute as pc
+
+    n = 0
+    for b in store.scan(columns=["text"]):
+        n += int(pc.sum(pc.greater(pc.utf8_length(b.column("text")), 0)).as_py() or 0)
+    try:
+        _TEXT_ROWS[store] = (total, n)
+    except TypeError:
+        pass
+    return n
+
+
+_TEXT_ROWS: "weakref.WeakKeyDictionary[object, tuple[int, int]]" = weakref.WeakKeyDictionary()
 
 
 def relevance(similarity: float, keyword: float, lam: float) -> float:
@@ -207,7 +259,7 @@ def blend(index: "Index", qv: np.ndarray, vec: Sequence[Hit], txt: Sequence[Hit]
           weights: Sequence[float], vector_gate: float = 0.0) -> list[Hit]:
     """Hybrid hits: the union of both candidate lists, each scored by :func:`relevance`, best first."""
     lam = float(weights[1]) / float(weights[0] + weights[1])
-    ev = keyword_evidence(txt, query)
+    ev = keyword_evidence(txt, query, text_rows(index) if txt else None)
     first: dict[str, Hit] = {}
     for h in [*vec, *txt]:
         first.setdefault(h.id, h)
