@@ -5,9 +5,10 @@ Indexes that need training search exactly (Flat) until enough rows exist (39 per
 The saved index records the labels it covers (``next_label``); rows committed after it are added on open,
 and labels it holds that are no longer live are filtered out of every search.
 
-Search paths: the plain index search (on a GPU when faiss-gpu sees one), a search with an id selector for
-filters and exclusions, and an exact search over the allowed rows when few match or the index cannot
-take a selector.
+Search paths: the plain index search (on every GPU when faiss-gpu sees them), a search with an id selector
+for filters and exclusions, an exact search over the allowed rows when few match or the index cannot
+take a selector, and — when the store searches with torch (:mod:`.gpu`: ``search_device``, on CUDA by
+default when faiss has no GPU support) — one exact torch search for all of them.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import threading
 import numpy as np
 
 from imgrag.retrieval.errors import ImgragError
+from imgrag.retrieval.stores.faiss import gpu as gpu_search
 from imgrag.retrieval.stores.faiss.files import StoreFiles
 from imgrag.retrieval.stores.faiss.state import State
 
@@ -72,7 +74,8 @@ class Ann:
     """One store's index settings, and the operations on the index of a :class:`State`."""
 
     def __init__(self, files: StoreFiles, factory: str, *, nprobe: int | None, ef_search: int,
-                 exact_filter_rows: int, gpu: bool | None, train_min_rows: int | None) -> None:
+                 exact_filter_rows: int, gpu: bool | None, train_min_rows: int | None,
+                 search_device: str | None = "auto", search_precision: str = "fp32") -> None:
         self.files = files
         self.dim = files.dim
         factory = str(factory).strip()
@@ -93,8 +96,14 @@ class Ann:
         self.ef_search = max(1, int(ef_search))
         self.exact_filter_rows = int(exact_filter_rows)
         self.gpu = gpu
+        self.search_device = gpu_search.check_mode(search_device)
+        if search_precision not in ("fp32", "fp16"):
+            raise ImgragError(f"search_precision must be fp32 or fp16, got {search_precision!r}")
+        self.search_precision = search_precision
+        gpu_search.resolve_mode(search_device, gpu)  # a bad $IMGRAG_SEARCH_DEVICE fails on open
         self._gpu_lock = threading.Lock()
         self._gpu_res = None
+        self._faiss_gpus: int | None = None
 
     # --- building ------------------------------------------------------------------------------
     def attach(self, st: State) -> None:
@@ -187,9 +196,12 @@ class Ann:
         return np.ascontiguousarray(np.concatenate(out) if out else np.zeros((0, self.dim), np.float32))
 
     def add(self, st: State, vecs: np.ndarray, labels: np.ndarray) -> None:
-        """Add committed vectors to the live index (the GPU copy is re-made on the next search)."""
+        """Add committed vectors to the live index (the faiss GPU copy is re-made on the next search; the
+        torch copy takes them as they are)."""
         st.index.add_with_ids(np.ascontiguousarray(vecs, dtype=np.float32), labels)
         st.gpu_index = None
+        if st.torch_exact is not None:
+            st.torch_exact.add(vecs, labels)
 
     def due(self, st: State) -> tuple[bool, bool]:
         """``(rebuild, train)``: whether ``optimize`` should rebuild the index, and whether it may train."""
@@ -214,6 +226,9 @@ class Ann:
     def search(self, st: State, q: np.ndarray, k: int, allowed: np.ndarray | None,
                n_allowed: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` (scores, labels) over the live rows, or only the ``allowed`` positions."""
+        t = self._torch(st)
+        if t is not None:
+            return t.search(st, q, k, allowed)
         if allowed is None and not st.dead_in_index:
             return self._index_search(st, q, k, None)
         return self._restricted_search(st, q, k, st.live if allowed is None else allowed, n_allowed)
@@ -296,9 +311,72 @@ class Ann:
         order = np.argsort(-bestD, axis=1, kind="stable")
         return np.take_along_axis(bestD, order, 1), np.take_along_axis(bestI, order, 1)
 
+    @property
+    def mode(self) -> str:
+        """The search path asked for: ``$IMGRAG_SEARCH_DEVICE``, else ``search_device``; ``gpu=False`` → cpu."""
+        return gpu_search.resolve_mode(self.search_device, self.gpu)
+
+    def faiss_gpus(self) -> int:
+        """GPUs the installed faiss can use (0 without GPU support); asked once per store."""
+        if self._faiss_gpus is None:
+            try:
+                import faiss
+
+                self._faiss_gpus = int(faiss.get_num_gpus()) if hasattr(faiss, "StandardGpuResources") else 0
+            except Exception:  # noqa: BLE001 - a broken CUDA setup means "no GPU"
+                self._faiss_gpus = 0
+        return self._faiss_gpus
+
+    def _torch(self, st: State):
+        """The state's resident torch copy when this store searches with torch; else None.
+
+        ``torch…`` modes build it or fail with the reason; ``auto`` takes it only without faiss-gpu and
+        with a CUDA GPU, and falls back to faiss on the CPU (with a note in ``imgrag info``) if it fails."""
+        if st.torch_exact is not None:
+            return st.torch_exact
+        mode = self.mode
+        if mode == "auto":
+            if st.torch_error is not None or self.faiss_gpus() > 0 or not gpu_search.cuda_present():
+                return None
+            device = "cuda"
+        elif mode.startswith("torch"):
+            device = gpu_search.torch_device(mode)
+        else:
+            return None
+        with self._gpu_lock:
+            if st.torch_exact is None:
+                try:
+                    st.torch_exact = self._torch_copy(st, device)
+                except Exception as e:
+                    if mode != "auto":
+                        raise ImgragError(f"search_device {mode}: the vectors could not be put on {device} "
+                                          f"({str(e).splitlines()[-1][:200] if str(e) else type(e).__name__})") from e
+                    st.torch_error = str(e).splitlines()[-1][:160] if str(e) else type(e).__name__
+                    return None
+            return st.torch_exact
+
+    def _torch_copy(self, st: State, device: str) -> "gpu_search.TorchExact":
+        """Every vector the index holds (exact storage: read from it, in chunks) or, for quantised indexes,
+        the live rows' stored vectors (from the entry files), resident on ``device``."""
+        t = gpu_search.TorchExact(device, self.dim, self.search_precision)
+        t.check_room(st.n)
+        if exact_storage(st.base):
+            labels = faiss_labels(st.index)
+            step = gpu_search.CHUNK_ROWS
+            for off in range(0, len(labels), step):
+                n = min(step, len(labels) - off)
+                t.add(st.base.reconstruct_n(off, n), labels[off:off + n])
+        else:
+            for lab, v in self.files.iter_vectors(st.man):
+                sel = st.positions(lab) >= 0
+                if sel.any():
+                    t.add(v[sel], lab[sel])
+        return t
+
     def _gpu_index(self, st: State):
-        """The index cloned to GPU 0 when faiss-gpu sees a GPU and ``gpu`` is not False; else None."""
-        if self.gpu is False or st.gpu_error is not None:
+        """The index cloned to every GPU faiss-gpu sees (sharded: each GPU holds 1/n of the vectors), when
+        the mode allows it (``auto`` or ``faiss-gpu``); else None."""
+        if self.mode not in ("auto", "faiss-gpu") or st.gpu_error is not None:
             return None
         if st.gpu_index is not None:
             return st.gpu_index
@@ -308,9 +386,18 @@ class Ann:
             try:
                 import faiss
 
-                if not hasattr(faiss, "StandardGpuResources") or faiss.get_num_gpus() <= 0:
+                ngpu = self.faiss_gpus()
+                if ngpu <= 0:
                     st.gpu_error = "faiss has no GPU support or sees no GPU"
                     return None
+                if ngpu > 1:
+                    co = faiss.GpuMultipleClonerOptions()
+                    co.shard = True  # 1/n of the vectors per GPU: n GPUs hold n× the collection, search in parallel
+                    try:
+                        st.gpu_index = faiss.index_cpu_to_all_gpus(st.index, co=co, ngpu=ngpu)
+                        return st.gpu_index
+                    except Exception as e:  # noqa: BLE001 - e.g. an index type the multi-GPU cloner lacks
+                        st.note = f"faiss multi-GPU clone failed ({str(e).splitlines()[-1][:120]}); GPU 0 only"
                 if self._gpu_res is None:
                     self._gpu_res = faiss.StandardGpuResources()
                 st.gpu_index = faiss.index_cpu_to_gpu(self._gpu_res, 0, st.index)
@@ -340,9 +427,16 @@ class Ann:
             d["nprobe"] = self.nprobe
         if "HNSW" in self.factory:
             d["ef_search"] = self.ef_search
-        d["gpu"] = st.gpu_index is not None
-        if st.gpu_error and self.gpu is not False:
+        d["gpu"] = st.gpu_index is not None or (st.torch_exact is not None and st.torch_exact.device.type == "cuda")
+        d["search_device"] = self.mode
+        if st.torch_exact is not None:
+            d["search"] = st.torch_exact.describe()
+        elif st.gpu_index is not None:
+            d["search"] = f"faiss-gpu on {self.faiss_gpus()} GPU(s) (unfiltered searches)"
+        if st.gpu_error and self.mode in ("auto", "faiss-gpu") and self.faiss_gpus() > 0:
             d["gpu_note"] = st.gpu_error
+        if st.torch_error and self.mode == "auto":
+            d["gpu_note"] = f"torch search on CUDA not used: {st.torch_error}"
         if st.note:
             d["note"] = st.note
         return d

@@ -83,6 +83,8 @@ class State:
         self.note: str | None = None
         self.gpu_index = None
         self.gpu_error: str | None = None
+        self.torch_exact = None  # gpu.TorchExact: the vectors resident for torch search (search_device)
+        self.torch_error: str | None = None
 
     @classmethod
     def replay(cls, files: StoreFiles, man: dict[str, Any], key: Any) -> "State":

@@ -43,7 +43,10 @@ class FaissStore(VectorStore):
       recall@10 0.95 on 1M clustered vectors with HNSW32,SQ8 where 128 gives 0.94; see BENCHMARKS.md).
     - ``exact_filter_rows``: an approximate index answers a filter matching at most this many rows
       by exact search over them (default 20 000).
-    - ``gpu``: ``None`` (default: use a GPU when faiss-gpu sees one), ``True``/``False``.
+    - ``gpu``: ``None`` (default: use a GPU when faiss-gpu sees one), ``True``/``False`` (False = ``cpu``).
+    - ``search_device``: ``auto`` (faiss-gpu on every GPU, else exact torch search on CUDA, else CPU),
+      ``cpu``, ``faiss-gpu``, ``torch``, ``torch:cuda[:N]``, ``torch:cpu``; ``$IMGRAG_SEARCH_DEVICE`` wins
+      (:mod:`.gpu`). ``search_precision``: ``fp32`` (default) or ``fp16`` for the torch copy.
     - ``train_min_rows``: override the rows needed before training.
     - ``max_segments``: ``optimize()`` merges files once a store has more (default 16).
     """
@@ -52,16 +55,18 @@ class FaissStore(VectorStore):
 
     def __init__(self, root: Path, dim: int, *, factory: str = "Flat", nprobe: int | None = None,
                  ef_search: int = 256, exact_filter_rows: int = 20_000, gpu: bool | None = None,
-                 train_min_rows: int | None = None, max_segments: int = 16, **unknown: Any) -> None:
+                 train_min_rows: int | None = None, max_segments: int = 16, search_device: str = "auto",
+                 search_precision: str = "fp32", **unknown: Any) -> None:
         super().__init__(root, dim)
         if unknown:
             raise ImgragError(f"unknown faiss store option(s) {sorted(unknown)}; known: factory, nprobe, ef_search, "
-                              "exact_filter_rows, gpu, train_min_rows, max_segments")
+                              "exact_filter_rows, gpu, train_min_rows, max_segments, search_device, search_precision")
         import faiss  # noqa: F401  (fail early if missing)
 
         self.files = StoreFiles(self.root, dim)
         self.ann = Ann(self.files, factory, nprobe=nprobe, ef_search=ef_search, exact_filter_rows=exact_filter_rows,
-                       gpu=gpu, train_min_rows=train_min_rows)
+                       gpu=gpu, train_min_rows=train_min_rows, search_device=search_device,
+                       search_precision=search_precision)
         self.max_segments = max(2, int(max_segments))
         self._rw = RWLock()
         self._wmutex = threading.RLock()  # serialises writers (and state reloads) in this process
@@ -77,6 +82,7 @@ class FaissStore(VectorStore):
     ef_search = _ann_setting("ef_search")
     exact_filter_rows = _ann_setting("exact_filter_rows")
     gpu = _ann_setting("gpu")
+    search_device = _ann_setting("search_device")
 
     # --- keeping the state current -------------------------------------------------------------
     def _maybe_refresh(self) -> None:
@@ -265,6 +271,7 @@ class FaissStore(VectorStore):
             with self._rw.write():
                 st.index, st.base, st.fallback = tmp.index, tmp.base, tmp.fallback
                 st.trained_rows, st.dead_in_index, st.gpu_index = tmp.trained_rows, set(), None
+                st.torch_exact = None  # rebuilt on the next search without the rows the new index dropped
                 st.note = tmp.note
         ie = st.man.get("index") or {}
         if not rebuild and ie and ie.get("factory") == self.factory and ie.get("next_label") == st.man["next_label"] \
@@ -422,7 +429,7 @@ class FaissStore(VectorStore):
     def close(self) -> None:
         with self._rw.write():
             if self._st is not None:
-                self._st.gpu_index = None
+                self._st.gpu_index = self._st.torch_exact = None
 
 
 def _can_extend(old: dict, new: dict) -> bool:
