@@ -7,20 +7,16 @@ stay on the server (no fonts, scripts or analytics from the network).
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 
 import pytest
 
-from ui_support import ROOT, SAMPLES, XSS_NAME, Server, build_lite_index, make_lite_corpus
+from browser_support import (MARKS, SHOTS, captions, chromium, click_and_wait, open_page, rendered,  # noqa: F401
+                             search, tab)
+from ui_support import SAMPLES, XSS_NAME, Server, build_lite_index, make_lite_corpus
 
-CHROMIUM = "/usr/bin/chromium"
-SHOTS = ROOT / "test-output" / "ui"
-
-pytestmark = [pytest.mark.browser, pytest.mark.slow,
-              pytest.mark.skipif(not os.path.exists(CHROMIUM),
-                                 reason="Debian chromium is not installed (apt-get install chromium); .ci/run installs it")]
+pytestmark = MARKS
 
 
 @pytest.fixture(scope="module")
@@ -35,24 +31,10 @@ def site(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def chromium():
-    """One Chromium per module: Playwright's sync API allows one running instance per thread."""
-    from playwright.sync_api import sync_playwright
-
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync", "--no-first-run"])
-        yield browser
-        browser.close()
-
-
-@pytest.fixture(scope="module")
 def browser_page(site, chromium):
     requests: list[str] = []
     page = chromium.new_page(viewport={"width": 1280, "height": 900})
-    page.on("request", lambda r: requests.append(r.url))
+    page.on("request", lambda r: requests.append(r.url))  # before the first request
     page.set_default_timeout(120_000)
     page.goto(site["server"].url)
     page.wait_for_selector("#search-query textarea, #search-query input")
@@ -60,48 +42,12 @@ def browser_page(site, chromium):
     page.close()
 
 
-def _tab(page, name: str) -> None:
-    page.get_by_role("tab", name=name, exact=True).click()
-
-
-def _captions(page, gallery: str) -> list[str]:
-    return [c.strip() for c in page.locator(f"{gallery} .caption-label, {gallery} figcaption, "
-                                            f"{gallery} .caption").all_inner_texts() if c.strip()]
-
-
-def _search(page, text: str, k: int | None = None) -> None:
-    _tab(page, "Search")
-    box = page.locator("#search-query textarea, #search-query input").first
-    box.fill(text)
-    _click_and_wait(page, "#search-button", "#search-status")
-
-
-def _seq(page, status: str) -> str:
-    return page.evaluate(f"() => document.querySelector('{status} [data-seq]')?.dataset.seq || ''")
-
-
-def _click_and_wait(page, button: str, status: str) -> None:
-    """Click, then wait for the status line to be replaced by this click's answer (a new data-seq)."""
-    before = _seq(page, status)
-    page.click(button)
-    page.wait_for_function(
-        "([sel, before]) => { const e = document.querySelector(sel + ' [data-seq]');"
-        " return e && e.dataset.seq !== before; }", arg=[status, before])
-    _rendered(page)
-
-
-def _rendered(page) -> None:
-    """Wait for the DOM update that just landed to be laid out and painted (two animation frames): the
-    status line and the galleries arrive in one update, so this replaces a fixed pause."""
-    page.evaluate("() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
-
-
 def test_search_shows_expected_top_image_and_more_like_this(browser_page):
     page, _ = browser_page
-    _search(page, "a cat")
+    search(page, "a cat")
     assert "result(s) for 'a cat'" in page.locator("#search-status").inner_text()
     page.wait_for_selector("#search-gallery img")
-    caps = _captions(page, "#search-gallery")
+    caps = captions(page, "#search-gallery")
     assert caps and "cat_chelsea.jpg" in caps[0], caps
     assert re.match(r"0\.\d{3} · cat_chelsea\.jpg", caps[0])
     srcs = page.locator("#search-gallery img").evaluate_all("els => els.map(e => e.src)")
@@ -112,9 +58,9 @@ def test_search_shows_expected_top_image_and_more_like_this(browser_page):
     page.wait_for_function("() => document.querySelector('#search-detail').innerText.includes('cat_chelsea.jpg')")
     page.keyboard.press("Escape")
     page.wait_for_selector("#imgrag-viewer", state="hidden")
-    _click_and_wait(page, "#more-like-this", "#search-status")
+    click_and_wait(page, "#more-like-this", "#search-status")
     assert "like the selected" in page.locator("#search-status").inner_text()
-    caps = _captions(page, "#search-gallery")
+    caps = captions(page, "#search-gallery")
     assert caps and not any("cat_chelsea.jpg" in c for c in caps)
 
 
@@ -129,28 +75,33 @@ def reset_filters(browser_page):
 
 def test_filters_cutoff_and_sort_by_date(browser_page, reset_filters):
     page, _ = browser_page
-    _tab(page, "Search")
+    tab(page, "Search")
     page.get_by_text("Filters and options").click()
     page.locator("#search-glob textarea, #search-glob input").first.fill("*/dated/*")
     page.locator("#search-sort-date input[type=checkbox]").check()
-    _search(page, "a flower")
-    caps = _captions(page, "#search-gallery")
+    search(page, "a flower")
+    caps = captions(page, "#search-gallery")
     assert len(caps) == 2 and "daisy_2019.jpg · 2019-05-01" in caps[0] and "apple_2021.jpg · 2021-07-15" in caps[1], caps
+    page.locator("#search-gallery .thumbnail-item").first.click()  # the viewer shows the capture date
+    page.wait_for_selector("#imgrag-viewer:not([hidden])")
+    assert re.search(r"taken\s+2019-05-01 10:00:00", page.locator("#imgrag-viewer .iv-meta").inner_text())
+    page.keyboard.press("Escape")
+    page.wait_for_selector("#imgrag-viewer", state="hidden")
     page.locator("#search-after textarea, #search-after input").first.fill("2020-01-01")
-    _search(page, "a flower")
-    caps = _captions(page, "#search-gallery")
+    search(page, "a flower")
+    caps = captions(page, "#search-gallery")
     assert len(caps) == 1 and "apple_2021.jpg" in caps[0], caps
     page.locator("#search-after textarea, #search-after input").first.fill("not a date")
-    _search(page, "a flower")
+    search(page, "a flower")
     assert "⚠ after: 'not a date' is not a date (use YYYY-MM-DD)" in page.locator("#search-status").inner_text()
     page.screenshot(path=str(SHOTS / "search-filters.png"), full_page=True)
 
 
 def test_file_names_with_html_are_shown_escaped(browser_page):
     page, _ = browser_page
-    _search(page, "an owl")
+    search(page, "an owl")
     page.wait_for_selector("#search-gallery img")
-    caps = _captions(page, "#search-gallery")
+    caps = captions(page, "#search-gallery")
     hit = [i for i, c in enumerate(caps) if "onerror" in c]
     assert hit, caps
     assert XSS_NAME in caps[hit[0]]  # shown literally, as text
@@ -176,14 +127,21 @@ def test_search_by_image_finds_the_near_duplicate(browser_page, tmp_path):
     q = tmp_path / "coffee_query.jpg"
     with Image.open(SAMPLES / "food/coffee_cup.jpg") as im:  # a smaller, re-encoded copy
         im.convert("RGB").resize((im.width // 2, im.height // 2)).save(q, quality=80)
-    _tab(page, "Search by image")
+    tab(page, "Search by image")
     page.locator("#image-query input[type=file]").set_input_files(str(q))
     page.wait_for_selector("#image-query img")
-    _click_and_wait(page, "#image-button", "#image-status")
+    click_and_wait(page, "#image-button", "#image-status")
     assert "nearest" in page.locator("#image-status").inner_text()
     page.wait_for_selector("#image-gallery img")
-    caps = _captions(page, "#image-gallery")
+    caps = captions(page, "#image-gallery")
     assert caps and "coffee_cup.jpg" in caps[0], caps
+    # a result opens the viewer, on that result
+    page.locator("#image-gallery .thumbnail-item").first.click()
+    page.wait_for_selector("#imgrag-viewer:not([hidden])")
+    assert page.locator("#imgrag-viewer .iv-name").inner_text() == "coffee_cup.jpg"
+    assert page.locator("#imgrag-viewer .iv-pos").inner_text() == f"1 of {len(caps)}"
+    page.keyboard.press("Escape")
+    page.wait_for_selector("#imgrag-viewer", state="hidden")
     page.screenshot(path=str(SHOTS / "search-by-image.png"), full_page=True)
 
 
@@ -199,20 +157,20 @@ def test_oversized_upload_is_refused_with_a_message(browser_page, tmp_path):
     bomb = tmp_path / "bomb.png"  # declares 20000×20000 pixels in 80 bytes
     bomb.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0))
                      + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b""))
-    _tab(page, "Search by image")
+    tab(page, "Search by image")
     page.locator("#image-query button[aria-label*='Clear'], #image-query button[title*='Clear']").first.click(timeout=5000) \
         if page.locator("#image-query button[aria-label*='Clear'], #image-query button[title*='Clear']").count() else None
     with page.expect_response(lambda r: "/upload" in r.url and r.request.method == "POST"):
         page.locator("#image-query input[type=file]").set_input_files(str(bomb))
     page.wait_for_selector("#image-query img")  # the upload is the component's value now
-    _click_and_wait(page, "#image-button", "#image-status")
+    click_and_wait(page, "#image-button", "#image-status")
     txt = page.locator("#image-status").inner_text()
     assert "upload refused: image too large: 400 MP > 50 MP limit" in txt and "Traceback" not in txt
 
 
 def test_classify_an_upload(browser_page):
     page, _ = browser_page
-    _tab(page, "Classify")
+    tab(page, "Classify")
     page.locator("#classify-labels textarea").fill("cat\ncoffee\nrocket\nguitar\nbus")
     tmpl = page.locator("#classify-templates textarea").input_value()
     assert "{}" in tmpl and len(tmpl.splitlines()) >= 2  # the default set, pre-filled
@@ -220,17 +178,25 @@ def test_classify_an_upload(browser_page):
     page.wait_for_selector("#classify-image img")
     page.click("#classify-button")
     page.wait_for_function("() => /cat/.test(document.querySelector('#classify-probs').innerText)")
-    _rendered(page)
+    rendered(page)
     lines = [ln.strip() for ln in page.locator("#classify-probs").inner_text().splitlines() if ln.strip()]
     lines = [ln for ln in lines if ln != "Label probabilities"]
     assert lines[0] == "cat", lines  # the top label heads the chart
     # the current search results (state shared with the Search tab)
-    _search(page, "a cat")
-    _tab(page, "Classify")
-    _click_and_wait(page, "#classify-results", "#classify-status")
+    search(page, "a cat")
+    tab(page, "Classify")
+    click_and_wait(page, "#classify-results", "#classify-status")
     assert "classified 12 search result(s)" in page.locator("#classify-status").inner_text()
     rows = page.locator("#classify-table tr").all_inner_texts()
     assert len(rows) == 13 and "cat_chelsea.jpg" in rows[1] and "\tcat" in rows[1], rows[:3]
+    # each row's thumbnail opens the viewer on that result
+    page.locator("#classify-table button[data-imgrag-i='0']").click()
+    page.wait_for_selector("#imgrag-viewer:not([hidden])")
+    assert page.locator("#imgrag-viewer .iv-name").inner_text() == "cat_chelsea.jpg"
+    page.keyboard.press("ArrowRight")
+    page.wait_for_function("() => document.querySelector('#imgrag-viewer .iv-pos').innerText === '2 of 12'")
+    page.keyboard.press("Escape")
+    page.wait_for_selector("#imgrag-viewer", state="hidden")
     # the whole index, in the background: a preview, nothing written (writing: tests/test_ui_journeys.py)
     page.click("#classify-index")
     page.wait_for_selector("#classify-job [data-state='done']", timeout=300_000)
@@ -247,13 +213,13 @@ def test_ask_streams_an_answer_with_a_cited_image(browser_page):
     except Exception as e:  # noqa: BLE001
         pytest.skip(f"smollm2 weights not installed: {e}")
     page, _ = browser_page
-    _tab(page, "Ask")
+    tab(page, "Ask")
     page.locator("#ask-question textarea, #ask-question input").first.fill("What animal is in the photo of a cat?")
     page.click("#ask-button")
     page.wait_for_selector("#ask-cited img", timeout=300_000)
     answer = page.locator("#ask-answer").inner_text()
     assert answer.strip() and "[" in answer
-    caps = _captions(page, "#ask-cited")
+    caps = captions(page, "#ask-cited")
     assert caps and re.match(r"\[\d+\] ", caps[0]) and any("cat_chelsea.jpg" in c for c in caps), caps
     gen = page.locator("#ask-generator").inner_text()
     assert "Generator:" in gen and "smollm2" in gen.lower() and "text-only" in gen
@@ -262,7 +228,7 @@ def test_ask_streams_an_answer_with_a_cited_image(browser_page):
 
 def test_index_tab_counts_skips_and_background_indexing(browser_page, site, tmp_path):
     page, _ = browser_page
-    _tab(page, "Index")
+    tab(page, "Index")
     page.wait_for_function("() => document.querySelector('#index-info').innerText.includes('lite')")
     info = page.locator("#index-info").inner_text()
     assert re.search(r"items\s+13\b", info), info
@@ -282,8 +248,8 @@ def test_index_tab_counts_skips_and_background_indexing(browser_page, site, tmp_
     assert "2/2 images" in job and "indexed 2 new/changed images" in job
     page.wait_for_function("() => /items\\s+15\\b/.test(document.querySelector('#index-info').innerText)")
     page.screenshot(path=str(SHOTS / "index.png"), full_page=True)
-    _search(page, "a truck")  # the new images are searchable at once
-    assert "truck.png" in _captions(page, "#search-gallery")[0]
+    search(page, "a truck")  # the new images are searchable at once
+    assert "truck.png" in captions(page, "#search-gallery")[0]
 
 
 def test_paths_outside_the_index_are_refused_in_the_browser(browser_page, site):
@@ -325,11 +291,8 @@ def test_document_results_show_page_and_highlighted_escaped_snippet(tmp_path, ch
     build_lite_index(docs, idx)
     server = Server(idx, cache=tmp_path / "cache", log=SHOTS / "serve-docs.log")
     try:
-        page = chromium.new_page(viewport={"width": 1280, "height": 900})
-        page.set_default_timeout(120_000)
-        page.goto(server.url)
-        page.wait_for_selector("#search-query textarea, #search-query input")
-        _search(page, "cormorants cliffs")
+        page = open_page(chromium, server.url)
+        search(page, "cormorants cliffs")
         page.wait_for_selector("#search-matches mark")
         first = page.locator("#search-matches li").first
         assert "guide.pdf · page 2" in first.inner_text()

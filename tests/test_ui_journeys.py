@@ -7,20 +7,17 @@ No fixed sleeps: every step waits for a condition on the page (or the JSON API) 
 from __future__ import annotations
 
 import json
-import os
+import re
 import shutil
 import urllib.parse
 
 import pytest
 
+from browser_support import MARKS, chromium, open_page, tab  # noqa: F401 (chromium: a fixture)
 from test_http_api import PAGES, write_pdf
 from ui_support import SAMPLES, Server, build_lite_index, http_get, make_lite_corpus
 
-CHROMIUM = "/usr/bin/chromium"
-
-pytestmark = [pytest.mark.browser, pytest.mark.slow,
-              pytest.mark.skipif(not os.path.exists(CHROMIUM),
-                                 reason="Debian chromium is not installed (apt-get install chromium); .ci/run installs it")]
+pytestmark = MARKS
 
 
 @pytest.fixture(scope="module")
@@ -38,23 +35,10 @@ def site(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def page(site):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync", "--no-first-run"])
-        pg = browser.new_page(viewport={"width": 1280, "height": 900})
-        pg.set_default_timeout(180_000)
-        pg.goto(site["server"].url)
-        pg.wait_for_selector("#search-query textarea, #search-query input")
-        yield pg
-        browser.close()
-
-
-def _tab(page, name: str) -> None:
-    page.get_by_role("tab", name=name, exact=True).click()
+def page(site, chromium):
+    pg = open_page(chromium, site["server"].url, timeout_ms=180_000)
+    yield pg
+    pg.close()
 
 
 def _api(site, route: str, **params) -> dict:
@@ -69,11 +53,13 @@ def test_ask_streams_the_answer_then_shows_citations(page):
         smollm.package_dir()
     except Exception as e:  # noqa: BLE001
         pytest.skip(f"smollm2 weights not installed: {e}")
-    _tab(page, "Ask")
+    tab(page, "Ask")
     # record every text the answer box shows while the answer is written
-    page.evaluate("""() => { window.__answers = []; const el = document.querySelector('#ask-answer');
-        new MutationObserver(() => window.__answers.push(el.innerText)).observe(el,
-            {subtree: true, childList: true, characterData: true}); }""")
+    page.evaluate("""() => { window.__answers = []; window.__status = [];
+        const el = document.querySelector('#ask-answer'), st = document.querySelector('#ask-status');
+        const opts = {subtree: true, childList: true, characterData: true};
+        new MutationObserver(() => window.__answers.push(el.innerText)).observe(el, opts);
+        new MutationObserver(() => window.__status.push(st.innerText)).observe(st, opts); }""")
     page.locator("#ask-question textarea, #ask-question input").first.fill("What does the price list say bananas cost?")
     page.click("#ask-button")
     page.wait_for_selector("#ask-summary", timeout=300_000)
@@ -88,13 +74,29 @@ def test_ask_streams_the_answer_then_shows_citations(page):
     final = page.locator("#ask-answer").inner_text().strip()
     assert final and "▍" not in final and "[" in final
     assert page.locator("#ask-cited .caption-label, #ask-cited figcaption").first.inner_text().startswith("[")
-    assert page.locator("#ask-status details summary").count() in (0, 1)  # notes folded, when there are any
+    # the first question loads the model (this module's server has not answered before), and says so
+    assert any("loading the model" in t for t in page.evaluate("() => window.__status")), \
+        page.evaluate("() => window.__status")
+    # one short line for people; the notes folded under "Details" (closed)
     summary = page.locator("#ask-summary").inner_text()
     assert "image" in summary and "\n" not in summary.strip()
+    assert page.locator("#ask-status details summary").inner_text() == "Details"
+    assert page.locator("#ask-status details").get_attribute("open") is None
+    assert not page.locator("#ask-status details li").first.is_visible()
+    # every [n] in the answer opens its image in the viewer
+    links = page.locator('#ask-answer a[href^="#imgrag-cite-"]')
+    assert links.count() >= 1
+    for i in range(links.count()):
+        n = int(links.nth(i).get_attribute("href").rsplit("-", 1)[1])
+        links.nth(i).click()
+        page.wait_for_selector("#imgrag-viewer:not([hidden])")
+        assert f"cited as [{n}]" in page.locator("#imgrag-viewer .iv-pos").inner_text()
+        page.keyboard.press("Escape")
+        page.wait_for_selector("#imgrag-viewer", state="hidden")
 
 
 def test_long_question_is_cut_where_it_is_echoed(page):
-    _tab(page, "Ask")
+    tab(page, "Ask")
     box = page.locator("#ask-question textarea, #ask-question input").first
     box.fill("zebra " * 1000)
     assert len(box.input_value()) <= 2000  # the box itself stops at 2,000 characters
@@ -106,12 +108,19 @@ def test_long_question_is_cut_where_it_is_echoed(page):
 
 
 def test_classify_previews_then_writes_after_confirmation(page, site):
-    _tab(page, "Classify")
+    tab(page, "Classify")
     page.locator("#classify-labels textarea").fill("vehicle\nfood\nanimal\ndocument")
     page.click("#classify-index")
     page.wait_for_selector("#classify-preview-ready")
     text = page.locator("#classify-preview").inner_text()
     assert "vehicle" in text and "food" in text and page.locator("#classify-preview img").count() >= 2
+    # an example opens the viewer, which steps through all the examples
+    n_ex = page.locator("#classify-preview button[data-imgrag-i]").count()
+    page.locator("#classify-preview button[data-imgrag-i='1']").click()
+    page.wait_for_selector("#imgrag-viewer:not([hidden])")
+    assert page.locator("#imgrag-viewer .iv-pos").inner_text() == f"2 of {n_ex}"
+    page.keyboard.press("Escape")
+    page.wait_for_selector("#imgrag-viewer", state="hidden")
     page.wait_for_function("() => !document.querySelector('#classify-status').innerText.includes('previewing')")
     # nothing written by the preview
     assert _api(site, "/search", q="a bus", k=3, label="vehicle")["results"] == []
@@ -123,7 +132,7 @@ def test_classify_previews_then_writes_after_confirmation(page, site):
     got = _api(site, "/search", q="a bus", k=3, label="vehicle")["results"]
     assert got and got[0]["name"] == "bus.png" and got[0]["label"] == "vehicle"
     # the Search tab's label filter selects them
-    _tab(page, "Search")
+    tab(page, "Search")
     page.get_by_role("button", name="Filters and options").click()
     page.locator("#search-label textarea, #search-label input").first.fill("vehicle")
     page.locator("#search-query textarea, #search-query input").first.fill("a bus")
@@ -131,6 +140,12 @@ def test_classify_previews_then_writes_after_confirmation(page, site):
     page.wait_for_function("() => /result/.test(document.querySelector('#search-status').innerText)")
     caps = page.locator("#search-gallery .caption-label").all_inner_texts()
     assert caps and any("bus.png" in c for c in caps)
+    # the viewer shows the written label
+    page.locator("#search-gallery .thumbnail-item").nth(next(i for i, c in enumerate(caps) if "bus.png" in c)).click()
+    page.wait_for_selector("#imgrag-viewer:not([hidden])")
+    assert re.search(r"label\s+vehicle", page.locator("#imgrag-viewer .iv-meta").inner_text())
+    page.keyboard.press("Escape")
+    page.wait_for_selector("#imgrag-viewer", state="hidden")
     page.locator("#search-label textarea, #search-label input").first.fill("")
 
 
@@ -140,7 +155,7 @@ def _job_done(page) -> None:
 
 
 def test_index_tab_adds_and_removes_folders(page, site):
-    _tab(page, "Index")
+    tab(page, "Index")
     page.wait_for_function("() => document.querySelector('#index-folders').innerText.includes('indexed folder')")
     assert str(site["coll"]) in page.locator("#index-folders").inner_text()
     empty = site["base"] / "empty"

@@ -9,21 +9,16 @@ for a condition, never a fixed pause. Screenshots land in docs/img/ (the viewer 
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 
 import pytest
 
-from ui_support import ROOT, Server, build_lite_index, make_lite_corpus
+from browser_support import (DOCS_IMG, MARKS, SHOTS, captions, chromium, open_page, seq,  # noqa: F401 (fixture)
+                             wait_new)
+from ui_support import Server, build_lite_index, make_lite_corpus
 
-CHROMIUM = "/usr/bin/chromium"
-SHOTS = ROOT / "test-output" / "ui"
-DOCS_IMG = ROOT / "docs" / "img"
-
-pytestmark = [pytest.mark.browser, pytest.mark.slow,
-              pytest.mark.skipif(not os.path.exists(CHROMIUM),
-                                 reason="Debian chromium is not installed (apt-get install chromium); .ci/run installs it")]
+pytestmark = MARKS
 
 
 def _write_pdf(path, pages: list[str]) -> None:
@@ -52,25 +47,8 @@ def site(tmp_path_factory):
     server.stop()
 
 
-@pytest.fixture(scope="module")
-def chromium():
-    from playwright.sync_api import sync_playwright
-
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync", "--no-first-run"])
-        yield browser
-        browser.close()
-
-
 def _open_page(site, chromium, width: int = 1280, height: int = 900):
-    page = chromium.new_page(viewport={"width": width, "height": height})
-    page.set_default_timeout(120_000)
-    page.goto(site.url)
-    page.wait_for_selector("#search-query textarea, #search-query input")
-    return page
+    return open_page(chromium, site.url, width, height)
 
 
 @pytest.fixture
@@ -80,27 +58,13 @@ def page(site, chromium):
     pg.close()
 
 
-def _seq(page, status: str) -> str:
-    return page.evaluate(f"() => document.querySelector('{status} [data-seq]')?.dataset.seq || ''")
-
-
-def _wait_new(page, status: str, before: str) -> None:
-    page.wait_for_function("([sel, before]) => { const e = document.querySelector(sel + ' [data-seq]');"
-                           " return e && e.dataset.seq !== before; }", arg=[status, before])
-    page.evaluate("() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
-
-
 def _search(page, text: str) -> None:
     page.get_by_role("tab", name="Search", exact=True).click()
-    before = _seq(page, "#search-status")
+    before = seq(page, "#search-status")
     page.locator("#search-query textarea, #search-query input").first.fill(text)
     page.click("#search-button")
-    _wait_new(page, "#search-status", before)
+    wait_new(page, "#search-status", before)
     page.wait_for_selector("#search-gallery .thumbnail-item img")
-
-
-def _captions(page) -> list[str]:
-    return [c.strip() for c in page.locator("#search-gallery .caption-label").all_inner_texts()]
 
 
 def _viewer_name(page) -> str:
@@ -115,24 +79,27 @@ def test_first_screen_shows_count_examples_and_sample(page):
     page.wait_for_selector("#search-welcome .imgrag-tiles img")
     facts = page.locator("#search-welcome .imgrag-facts").inner_text()
     assert re.search(r"\b1[0-9] items\b", facts) and "model lite" in facts, facts  # 13 photos + 5 pages
+    assert re.search(r"last update \d{4}-\d\d-\d\d \d\d:\d\d", facts), facts
     examples = page.locator("#search-welcome [data-imgrag-example]")
     assert examples.count() >= 2
-    # a sample tile opens the viewer
+    # a sample tile opens the viewer; the Search tab's details then name that item (the selection is true)
     page.locator("#search-welcome [data-imgrag-i]").first.click()
     page.wait_for_selector("#imgrag-viewer:not([hidden])")
+    name = _viewer_name(page).split(" · ")[0]
     page.keyboard.press("Escape")
     page.wait_for_selector("#imgrag-viewer", state="hidden")
+    page.wait_for_function("([n]) => document.querySelector('#search-detail').innerText.includes(n)", arg=[name])
     # an example query runs a search
     label = examples.first.inner_text()
-    before = _seq(page, "#search-status")
+    before = seq(page, "#search-status")
     examples.first.click()
-    _wait_new(page, "#search-status", before)
+    wait_new(page, "#search-status", before)
     assert label in page.locator("#search-status").inner_text()
 
 
 def test_viewer_keys_and_more_like_this(page):
     _search(page, "lighthouse")
-    caps = _captions(page)
+    caps = captions(page)
     assert len(caps) >= 3 and all(re.match(r"\d\.\d{3} · ", c) for c in caps), caps
     assert any(re.search(r"\.pdf p\.\d", c) for c in caps), caps  # page numbers of document pages are visible
     page.locator("#search-gallery .thumbnail-item").nth(1).click()
@@ -160,11 +127,11 @@ def test_viewer_keys_and_more_like_this(page):
     # reopen the second result and ask for more like it from the viewer
     page.locator("#search-gallery .thumbnail-item").nth(1).click()
     page.wait_for_selector("#imgrag-viewer:not([hidden])")
-    before = _seq(page, "#search-status")
+    before = seq(page, "#search-status")
     page.click("#imgrag-viewer .iv-more")
-    _wait_new(page, "#search-status", before)
+    wait_new(page, "#search-status", before)
     assert "like the selected one" in page.locator("#search-status").inner_text()
-    after = _captions(page)
+    after = captions(page)
     assert after and after != caps
     assert not any(c.split(" · ")[1] == second.split(" · ")[0] for c in after if " · " in c)  # itself excluded
 
@@ -180,9 +147,9 @@ def test_new_search_clears_the_selection(page):
     page.wait_for_function("() => document.querySelector('#selected-id textarea, #selected-id input').value === ''")
     assert "Select a result" in page.locator("#search-detail").inner_text()
     # "More like this" now says so, instead of answering for a stale item
-    before = _seq(page, "#search-status")
+    before = seq(page, "#search-status")
     page.click("#more-like-this")
-    _wait_new(page, "#search-status", before)
+    wait_new(page, "#search-status", before)
     assert "open a result first" in page.locator("#search-status").inner_text()
 
 
@@ -235,3 +202,88 @@ def test_ask_citation_opens_the_viewer(page):
     page.keyboard.press("Escape")
     page.screenshot(path=str(DOCS_IMG / "ui-ask.png"), full_page=True)
     shutil.copy(DOCS_IMG / "ui-ask.png", SHOTS / "ask-viewer.png")
+
+
+def _gallery_items(page, gallery: str = "search-gallery") -> list[dict]:
+    """What the viewer reads for a gallery (its hidden data block)."""
+    return page.evaluate("(g) => JSON.parse(document.querySelector(`.imgrag-data[data-for='${g}']`)"
+                         ".dataset.items)", gallery)
+
+
+def test_document_page_opens_at_its_page(page, site):
+    _search(page, "harbour bus timetable")
+    items = _gallery_items(page)
+    i = next(j for j, it in enumerate(items) if it["name"] == "report.pdf" and it["page"] == 2)
+    page.locator("#search-gallery .thumbnail-item").nth(i).click()
+    page.wait_for_selector("#imgrag-viewer:not([hidden])")
+    assert _viewer_name(page) == "report.pdf · page 2"
+    meta = page.locator("#imgrag-viewer .iv-meta").inner_text()
+    assert re.search(r"page\s+2\b", meta) and re.search(r"score\s+\d\.\d{3}", meta), meta
+    link = page.locator("#imgrag-viewer .iv-open")
+    assert link.inner_text() == "Open page 2"
+    href = link.get_attribute("href")
+    assert href.startswith("/imgrag/preview?id=")
+    # that link is page 2 rendered, not page 1 (nor the PDF file)
+    p2 = page.request.get(site.url + href)
+    p1_item = next(it for it in items if it["name"] == "report.pdf" and it["page"] != 2)
+    p1 = page.request.get(site.url + p1_item["original"])
+    assert p2.status == 200 and p2.headers["content-type"] == "image/jpeg" and p2.body() != p1.body()
+    page.keyboard.press("Escape")
+
+
+def test_filters_by_type_folder_and_dates(page):
+    def run(text: str) -> list[str]:
+        _search(page, text)
+        return captions(page)
+
+    page.get_by_role("button", name="Filters and options").click()
+    page.locator("#search-kind label", has_text="Document pages").click()
+    caps = run("lighthouse")
+    assert caps and all(re.search(r"\.pdf p\.\d", c) for c in caps), caps
+    page.locator("#search-kind label", has_text="Photos").click()
+    caps = run("lighthouse")
+    assert caps and not any(".pdf" in c for c in caps), caps
+    page.locator("#search-kind label", has_text="All").click()
+    glob = page.locator("#search-glob textarea, #search-glob input").first
+    glob.fill("*/docs/*")  # a folder
+    caps = run("lighthouse")
+    assert caps and all(".pdf p." in c for c in caps), caps
+    glob.fill("")
+    after = page.locator("#search-after textarea, #search-after input").first
+    before = page.locator("#search-before textarea, #search-before input").first
+    after.fill("2019-01-01")
+    before.fill("2019-12-31")
+    caps = run("a flower")
+    assert len(caps) == 1 and "daisy_2019.jpg" in caps[0], caps
+    after.fill("")
+    before.fill("")
+
+
+def test_desktop_grid_fills_the_page_with_readable_captions(page):
+    _search(page, "lighthouse")
+    boxes = page.locator("#search-gallery .caption-label").evaluate_all(
+        "els => els.map(e => ({w: e.scrollWidth, cw: e.clientWidth, text: e.innerText,"
+        " x: e.closest('.thumbnail-item').getBoundingClientRect().x}))")
+    assert len(boxes) == 12 and all(b["w"] <= b["cw"] + 1 for b in boxes), boxes
+    assert all(re.match(r"\d\.\d{3} · \S+", b["text"]) for b in boxes), boxes
+    assert len({round(b["x"]) for b in boxes}) >= 5  # columns across the page, not a narrow strip
+    # no inner scroll box: every row of results is laid out in the page
+    wrap = page.evaluate("() => { const w = document.querySelector('#search-gallery .grid-wrap');"
+                         " return [w.scrollHeight, w.clientHeight]; }")
+    assert wrap[0] <= wrap[1] + 1, wrap
+    page.screenshot(path=str(DOCS_IMG / "ui-search.png"))
+
+
+def test_ask_about_this_image_from_the_viewer(page):
+    _search(page, "a cat")
+    page.locator("#search-gallery .thumbnail-item").first.click()
+    page.wait_for_selector("#imgrag-viewer:not([hidden])")
+    name = _viewer_name(page)
+    page.click("#imgrag-viewer .iv-ask")
+    page.wait_for_selector("#imgrag-viewer", state="hidden")
+    box = page.locator("#ask-question textarea, #ask-question input").first
+    box.wait_for()
+    page.wait_for_function("([n]) => { const b = document.querySelector('#ask-question textarea, #ask-question input');"
+                           " return b && b.value.includes(n); }", arg=[name])
+    assert box.input_value() == f"What does {name} show?"
+    assert page.get_by_role("tab", name="Ask", exact=True).get_attribute("aria-selected") == "true"

@@ -35,7 +35,9 @@ CSS = """
   text-overflow: clip !important; max-width: 100% !important; font-size: 0.82em; line-height: 1.3;
   /* score and name first; a document page's snippet is cut after three lines (the viewer shows it all) */
   overflow-wrap: anywhere; background: var(--block-background-fill) !important; color: var(--body-text-color) !important;
-  display: -webkit-box !important; -webkit-line-clamp: 3; -webkit-box-orient: vertical; overflow: hidden !important; }
+  display: -webkit-box !important; -webkit-line-clamp: 3; -webkit-box-orient: vertical; overflow: hidden !important;
+  /* the clip is at the padding edge: bottom padding would show a sliver of the 4th line, a border does not */
+  padding-bottom: 0 !important; border-bottom: 4px solid var(--block-background-fill) !important; }
 @media (max-width: 640px) {
   .imgrag-viewable .grid-container { grid-template-columns: repeat(2, minmax(0, 1fr)) !important; }
 }
