@@ -2,6 +2,7 @@
 """Named groups at scale: time and peak memory of ``imgrag groups``' library call on synthetic clustered vectors.
 
     python bench/groups.py [--items 100000] [--clusters 20] [--dim 512] [--store lancedb|faiss] [--k K]
+                           [--seeds 0 1 2 3]
 
 Builds a store of ``--items`` unit vectors around ``--clusters`` random centres (sizes from 1x to 3x of each
 other; each vector's cosine to its centre is about 0.7), then, in a child process whose peak RSS is read, runs
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import os
 import subprocess
 import sys
 import tempfile
@@ -53,7 +55,7 @@ def _ari(a, b) -> float:
     return float((s_ij - expected) / ((s_a + s_b) / 2 - expected))
 
 
-def _child(n: int, clusters: int, dim: int, store_kind: str, k: int | None) -> None:
+def _child(n: int, clusters: int, dim: int, store_kind: str, k: int | None, seeds: tuple[int, ...] = (0,)) -> None:
     import numpy as np
 
     from imgrag.retrieval.embedders.base import Embedder, l2_normalize
@@ -102,24 +104,26 @@ def _child(n: int, clusters: int, dim: int, store_kind: str, k: int | None) -> N
                 out.append(v)
             return l2_normalize(np.stack(out))
 
-    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    t0 = time.perf_counter()
-    rep = cluster_store(store, GroupOptions(k=k, seed=0), Texts(), labels)
-    secs = time.perf_counter() - t0
-    # quality: each stored vector's group against its planted cluster (ids are in planted order)
-    found = np.empty(n, np.int64)
-    for b in store.scan(columns=["id", "vector"], batch_size=20_000):
-        ids = np.array([int(x[3:10]) for x in b.column("id").to_pylist()])
-        found[ids] = (vectors_of(b.column("vector"), dim) @ rep.centroids.T).argmax(axis=1)
-    own = sum(1 for j, g in enumerate(rep.groups)
-              if g.name is not None and g.name.startswith("planted ")
-              and np.bincount(truth[found == j], minlength=clusters).argmax() == int(g.name.split()[1]))
-    print(json.dumps({"items": rep.items, "store": store_kind, "dim": dim, "planted_k": clusters, "k": rep.k,
-                      "k_auto": rep.k_auto, "sample": rep.sample, "ari": round(_ari(found, truth), 4),
-                      "groups_named_by_own_centre": own, "build_s": round(build_s, 1), "total_s": round(secs, 1),
-                      "seconds": {a: round(b, 2) for a, b in rep.seconds.items()},
-                      "peak_rss_mib_before": round(rss0 / 1024),
-                      "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}))
+    for seed in seeds:  # one store, several seeds: how much k and the ARI depend on the seed
+        rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        t0 = time.perf_counter()
+        rep = cluster_store(store, GroupOptions(k=k, seed=seed), Texts(), labels)
+        secs = time.perf_counter() - t0
+        # quality: each stored vector's group against its planted cluster (ids are in planted order)
+        found = np.empty(n, np.int64)
+        for b in store.scan(columns=["id", "vector"], batch_size=20_000):
+            ids = np.array([int(x[3:10]) for x in b.column("id").to_pylist()])
+            found[ids] = (vectors_of(b.column("vector"), dim) @ rep.centroids.T).argmax(axis=1)
+        own = sum(1 for j, g in enumerate(rep.groups)
+                  if g.name is not None and g.name.startswith("planted ")
+                  and np.bincount(truth[found == j], minlength=clusters).argmax() == int(g.name.split()[1]))
+        print(json.dumps({"seed": seed, "load_avg_1min": round(os.getloadavg()[0], 1), "items": rep.items,
+                          "store": store_kind, "dim": dim, "planted_k": clusters, "k": rep.k,
+                          "k_auto": rep.k_auto, "sample": rep.sample, "ari": round(_ari(found, truth), 4),
+                          "groups_named_by_own_centre": own, "build_s": round(build_s, 1), "total_s": round(secs, 1),
+                          "seconds": {a: round(b, 2) for a, b in rep.seconds.items()},
+                          "peak_rss_mib_before": round(rss0 / 1024),
+                          "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}))
 
 
 def main() -> None:
@@ -129,9 +133,10 @@ def main() -> None:
     p.add_argument("--dim", type=int, default=512)
     p.add_argument("--store", choices=["lancedb", "faiss"], default="lancedb")
     p.add_argument("--k", type=int, default=None, help="fixed k (default: chosen automatically)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="GroupOptions seeds, one run each")
     args = p.parse_args()
     code = (f"import sys; sys.path.insert(0, {str(ROOT / 'bench')!r}); import groups; "
-            f"groups._child({args.items}, {args.clusters}, {args.dim}, {args.store!r}, {args.k!r})")
+            f"groups._child({args.items}, {args.clusters}, {args.dim}, {args.store!r}, {args.k!r}, {tuple(args.seeds)!r})")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

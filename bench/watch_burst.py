@@ -6,12 +6,14 @@
 N tiny distinct PNGs (8x8 random pixels, made in a staging folder first) are copied file by file into an
 existing watched folder (``inbox``: the worst case for the dirty set, since a folder copied as a whole is
 marked dirty as one folder and its files' events are absorbed by it). The watcher is the library API
-(:class:`imgrag.indexer.watch.Watcher`, default :class:`WatchOptions` unless given) with the test suite's fake
+(:class:`imgrag.indexer.watch.Watcher`, default :class:`WatchOptions` unless given, decoding in the process
+itself: ``IndexOptions(workers=0)``, so one RSS covers all the work) with the test suite's fake
 embedder (tests/fakes.py: no model weights, so the figures are the watcher's and the pipeline's, not a
 model's), in a child process that samples its own RSS every 0.2 s.
 
-Reported (one JSON line): seconds from the copy's start until the index holds all N rows, the copy's own
-time, the rows exact (N distinct ids, exactly the copied paths), RSS before the burst, peak RSS during it
+One warm-up image is indexed first (the pipeline's imports and threads are then in place). Reported (one
+JSON line): seconds from the copy's start until the index holds all N rows, the copy's own time, the rows
+exact (N + 1 distinct ids, exactly the copied paths and the warm-up), RSS before the burst, peak RSS during it
 and its highest value in each 10 % of the wait, and the dirty set at work: the most files / folders it
 ever held after an event (wrapped methods), times it coalesced, and the batches run. The load average is
 printed with the figures (the machine is shared).
@@ -58,11 +60,14 @@ def child(index_dir: str, watched: str, n: int, store: str, max_pending: int | N
     sys.path.insert(0, str(ROOT / "tests"))
     from fakes import FakeEmbedder
 
+    from imgrag.indexer.pipeline import IndexOptions
     from imgrag.indexer.watch import Watcher, WatchOptions
     from imgrag.retrieval.index import Index
 
     index = Index.create_or_open(Path(index_dir), FakeEmbedder(), store=store)
-    opts = WatchOptions() if max_pending is None else WatchOptions(max_pending=max_pending)
+    # workers=0: decoding in the watching process itself, so its RSS covers all the work (no worker processes)
+    base = WatchOptions(index=IndexOptions(workers=0))
+    opts = base if max_pending is None else WatchOptions(index=base.index, max_pending=max_pending)
     w = Watcher(index, [watched], opts)
     peak = {"files": 0, "dirs": 0, "gone": 0, "calls": 0}
     d = w.dirty
@@ -87,15 +92,15 @@ def child(index_dir: str, watched: str, n: int, store: str, max_pending: int | N
             stop.wait(0.2)
 
     w.start_thread()
-    while w.rescans < 1:  # the first rescan (of the empty folder) has run
+    while index.store.count() < 1:  # the warm-up file: the pipeline's imports and threads are in place
         time.sleep(0.1)
-    time.sleep(0.5)
+    time.sleep(1.0)
     rss_before = _rss_mib()
     threading.Thread(target=sample, daemon=True).start()
     print("ready", flush=True)
     sys.stdin.readline()  # "go": the parent starts copying now
     t0 = time.monotonic()
-    while index.store.count() < n:
+    while index.store.count() < n + 1:
         time.sleep(0.25)
     secs = time.monotonic() - t0
     time.sleep(1.0)  # a late duplicate would show here
@@ -106,6 +111,7 @@ def child(index_dir: str, watched: str, n: int, store: str, max_pending: int | N
         ids += b.column("id").to_pylist()
         paths.update(b.column("path").to_pylist())
     expected = {os.path.join(watched, "inbox", f"img{i:05d}.png") for i in range(n)}
+    expected.add(os.path.join(watched, "inbox", "warmup.png"))
     during = [(t, r) for t, r in samples if t >= t0]
     tenth = max(secs / 10, 1e-9)
     timeline = [round(max((r for t, r in during if k * tenth <= t - t0 < (k + 1) * tenth), default=0.0))
@@ -115,7 +121,7 @@ def child(index_dir: str, watched: str, n: int, store: str, max_pending: int | N
     print(json.dumps({
         "files": n, "store": store, "max_pending": opts.max_pending, "max_dirs": opts.max_dirs,
         "batch_files": opts.batch_files, "seconds_until_all_indexed": round(secs, 1),
-        "rows": len(ids), "distinct_ids": len(set(ids)), "exact": len(ids) == len(set(ids)) == n and paths == expected,
+        "rows": len(ids), "distinct_ids": len(set(ids)), "exact": len(ids) == len(set(ids)) == n + 1 and paths == expected,
         "rss_mib_before_burst": round(rss_before), "peak_rss_mib_during": round(max((r for _, r in during),
                                                                                      default=rss_before)),
         "peak_rss_mib_process": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
@@ -143,6 +149,8 @@ def main() -> None:
           flush=True)
     watched = work / "watched"
     (watched / "inbox").mkdir(parents=True)
+    make_images(work / "warm", 1)  # indexed before the burst, so RSS "before" includes the pipeline's imports
+    shutil.copy2(work / "warm" / "img00000.png", watched / "inbox" / "warmup.png")
     proc = subprocess.Popen([sys.executable, __file__, "--child", str(work / "index"), str(watched), str(a.files),
                              a.store, str(a.max_pending) if a.max_pending else "-"],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)

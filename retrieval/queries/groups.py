@@ -114,15 +114,24 @@ class GroupReport:
 # spherical k-means and the choice of k (pure NumPy)
 # ---------------------------------------------------------------------------------------------------------------
 def _kmeanspp(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    """k-means++ seeding with cosine distance (1 - cos), squared."""
+    """Greedy k-means++ seeding with cosine distance (1 - cos), squared: each step draws ``2 + ln k`` candidates
+    by the usual D² rule and keeps the one that lowers the total distance most (scikit-learn's default). Plain
+    k-means++ (one draw) often put two seeds in one planted cluster and none in another, so the silhouette's k
+    varied with the seed (14-22 for 20 planted clusters; BENCHMARKS.md, "Groups")."""
+    trials = 2 + int(np.log(max(k, 1)))
     c = np.empty((k, x.shape[1]), np.float32)
     c[0] = x[rng.integers(len(x))]
     d = np.maximum(1.0 - x @ c[0], 0.0).astype(np.float64) ** 2
     for j in range(1, k):
         total = d.sum()
-        i = int(rng.choice(len(x), p=d / total)) if total > 0 else int(rng.integers(len(x)))
-        c[j] = x[i]
-        d = np.minimum(d, np.maximum(1.0 - x @ c[j], 0.0).astype(np.float64) ** 2)
+        if total <= 0:  # fewer distinct points than k
+            c[j] = x[rng.integers(len(x))]
+            continue
+        cand = rng.choice(len(x), size=trials, p=d / total)
+        dc = np.maximum(1.0 - x @ x[cand].T, 0.0).astype(np.float64) ** 2  # (n, trials)
+        best = int(np.minimum(d[:, None], dc).sum(axis=0).argmin())
+        c[j] = x[cand[best]]
+        d = np.minimum(d, dc[:, best])
     return c
 
 
