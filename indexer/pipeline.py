@@ -12,6 +12,7 @@ committed row, so it continues where a crash, Ctrl-C or SIGKILL stopped it — n
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -248,8 +249,9 @@ def _embed(index: Index, work: list, opts: IndexOptions, committer: LocalCommitt
         return vecs, rows, time.perf_counter() - tm
 
     done = 0
-    with ReplicaPool(devices, embed) as pool:
-        for (results, _p, _r, _d, keys), (vecs, rows, model_s) in pool.run(jobs()):
+    batches = jobs()
+    with ReplicaPool(devices, embed) as pool, contextlib.closing(batches):  # stops the decode workers on errors
+        for (results, _p, _r, _d, keys), (vecs, rows, model_s) in pool.run(batches):
             for r in results:
                 docs.page_done(r.entry.path)
                 if r.meta is not None:
@@ -300,8 +302,6 @@ def _replica_factory(index: Index, emb, batch_size: int):
 
 def _on_device(device: str):
     """Make ``device`` the thread's current CUDA device (nvJPEG and the model's kernels run there)."""
-    import contextlib
-
     if device.startswith("cuda"):
         import torch
 
