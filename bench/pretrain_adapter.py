@@ -74,10 +74,11 @@ def _svg_texts(svg: Path) -> tuple[str, list[str], str]:
 
     def one(tag: str) -> str:
         m = re.search(rf"<dc:{tag}>(.*?)</dc:{tag}>", t, re.S)
-        return re.sub(r"<[^>]+>|\s+", " ", m.group(1)).strip() if m else ""
+        return " ".join(re.sub(r"<[^>]+>", " ", m.group(1)).split()) if m else ""
 
     subj = re.search(r"<dc:subject>(.*?)</dc:subject>", t, re.S)
-    kws = [k.strip().lower().replace("_", " ") for k in re.findall(r"<rdf:li>(.*?)</rdf:li>", subj.group(1), re.S)] if subj else []
+    items = re.findall(r"<rdf:li>(.*?)</rdf:li>", subj.group(1), re.S) if subj else []
+    kws = [k.strip().lower().replace("_", " ") for k in items]
     return one("title"), kws, one("description")
 
 
@@ -101,24 +102,30 @@ def openclipart_pairs() -> list[tuple[Path, list[str]]]:
     title_count = collections.Counter(m[0].lower() for m in meta.values())
     out = []
     for f in sorted(chosen):
-        title, kws, desc = meta[f]
-        texts = []
-        # a title shared by many drawings names a collection ("gramastar", "AIGA_Symbol_Signs"), not the drawing
-        if title and title_count[title.lower()] <= 3 and "collection" not in title.lower() and len(title) <= 80:
-            texts.append(title.replace("_", " "))
-        else:  # the file name, without a trailing number
-            stem = re.sub(r"[_\-.]*\d*$", "", Path(f).stem).replace("_", " ").strip()
-            if len(stem) >= 3:
-                texts.append(stem)
-        kws = [k for k in dict.fromkeys(kws) if k and k not in _JUNK_KW and re.search("[a-z]{3}", k)
-               and not k.startswith("0x")]
-        if kws:
-            texts.append(", ".join(kws[:8]))
-        if desc and 3 <= len(desc) <= 120 and "http" not in desc and desc.lower() != (texts[0].lower() if texts else ""):
-            texts.append(desc)
+        texts = drawing_texts(f, *meta[f], title_count)
         if texts:
             out.append((png_root / f, texts))
     return out
+
+
+def drawing_texts(rel: str, title: str, kws: list[str], desc: str, title_count: dict[str, int]) -> list[str]:
+    """A drawing's texts: its title (or file name), its keywords, its description."""
+    texts = []
+    # a title shared by many drawings names a collection ("gramastar", "AIGA_Symbol_Signs"), not the drawing
+    if title and title_count.get(title.lower(), 0) <= 3 and "collection" not in title.lower() and len(title) <= 80:
+        texts.append(title.replace("_", " "))
+    else:  # the file name, without a trailing number
+        stem = re.sub(r"[_\-.]*\d*$", "", Path(rel).stem).replace("_", " ").strip()
+        if len(stem) >= 3:
+            texts.append(stem)
+    kws = [k for k in dict.fromkeys(kws) if k and k not in _JUNK_KW and re.search("[a-z]{3}", k)
+           and not k.startswith("0x")]
+    if kws:
+        texts.append(", ".join(kws[:8]))
+    first = texts[0].lower() if texts else ""
+    if desc and 3 <= len(desc) <= 120 and "http" not in desc and desc.lower() != first:
+        texts.append(desc)
+    return texts
 
 
 def emoji_pairs() -> list[tuple[Path, list[str]]]:
@@ -129,7 +136,7 @@ def emoji_pairs() -> list[tuple[Path, list[str]]]:
         base.mkdir(parents=True, exist_ok=True)
         tgz = sorted(base.glob("emoji-datasource-google-*.tgz"))
         if not tgz:
-            npm = shutil.which("npm") or sys.exit("npm not found: install it or skip --sets emoji")
+            npm = shutil.which("npm") or sys.exit("npm not found: install it or leave emoji out of --variants")
             subprocess.run([npm, "pack", EMOJI_PKG], cwd=base, check=True)
             tgz = sorted(base.glob("emoji-datasource-google-*.tgz"))
         with tarfile.open(tgz[-1]) as tf:
@@ -141,15 +148,21 @@ def emoji_pairs() -> list[tuple[Path, list[str]]]:
         img = pkg / "img/google/64" / e["image"]
         if not e.get("has_img_google") or not img.is_file() or e["category"] == "Component":
             continue
-        name = (e.get("name") or "").lower()
-        texts = [name] if name else []
-        for s in e.get("short_names", []):
-            s = s.replace("_", " ").replace("-", " ")
-            if s not in texts and s != name:
-                texts.append(s)
+        texts = emoji_texts(e)
         if texts:
             out.append((img, texts))
     return out
+
+
+def emoji_texts(entry: dict) -> list[str]:
+    """An emoji's texts: its Unicode name ("grinning face") and its other short names ("grinning")."""
+    name = (entry.get("name") or "").lower()
+    texts = [name] if name else []
+    for s in entry.get("short_names", []):
+        s = s.replace("_", " ").replace("-", " ")
+        if s not in texts:
+            texts.append(s)
+    return texts
 
 
 def embed_cached(emb, items: list[tuple[Path, list[str]]], tag: str) -> tuple[np.ndarray, list[int]]:
@@ -341,10 +354,13 @@ def main() -> None:
                     help="openclipart eval-split vectors cached by bench/tune_eval.py --limit-per-class 48")
     ap.add_argument("--oc-eval-root", type=Path, default=Path("/tmp/oc-eval"), help="its image folder (leakage check)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--shrink", type=lambda t: [float(x) for x in t.split(",") if x], default=[0.25, 0.5],
+                    help="also evaluate each adapter with its weights scaled by these factors (reported, not chosen)")
     ap.add_argument("--save", type=Path, help="write the adapter of the first variant/loss here (adapter.npz format)")
     ap.add_argument("--json", type=Path, help="write the figures here too")
     args = ap.parse_args()
     from imgrag.retrieval.embedders import load_embedder
+    from imgrag.retrieval.tune.adapter import Adapter
     from imgrag.retrieval.tune.train import TuneConfig, train_adapter
 
     emb = load_embedder(args.model, device="cpu", precision="fp32")
@@ -372,6 +388,9 @@ def main() -> None:
             run = {"train": "+".join(v), "loss": loss, "images": len(sup.item_ids), "texts": len(sup.texts),
                    "epochs": res.epochs, "best_epoch": res.best_epoch, "validation": res.to_json(),
                    "data_digest": sup.digest(), **evaluate_all(emb, res.adapter, samples, oc, cache)}
+            for a in args.shrink:  # v + a·W v: a milder adapter, between the raw model (0) and the trained one (1)
+                mild = Adapter(res.adapter.text_w * a, None, res.adapter.meta)
+                run.setdefault("shrink", {})[str(a)] = evaluate_all(emb, mild, samples, oc, cache)
             result["runs"].append(run)
             print(json.dumps({k: run[k] for k in ("train", "loss", "samples_retrieval", "samples_zeroshot")}),
                   file=sys.stderr, flush=True)
