@@ -207,3 +207,40 @@ def test_cli_devices_cpu_cpu_matches_one_replica(tmp_path, tiny_model_configs, c
     assert e.value.code == 2 and "unknown device 'gpu0'" in capsys.readouterr().err
     assert main([*base, "--index", str(tmp_path / "x"), "--devices", "cpu,cpu", "--device", "cpu"]) == 2
     assert "--devices needs the local engine and no --device" in capsys.readouterr().err
+
+
+def test_tensor_finish_on_each_replica(tmp_path, tiny_model_configs, monkeypatch):
+    """The CUDA form of the tensor path (workers hand raw bytes/uint8 on, each replica decodes and resizes
+    on its own device), run here with CPU devices: the vectors of the usual CPU tensor path."""
+    import imgrag.indexer.pipeline as pipeline
+    from imgrag.indexer.tensor_decode import Finisher, TensorCollate, tensor_loading
+    from imgrag.retrieval.embedders.openclip import OpenClipEmbedder
+
+    make = lambda d="cpu": OpenClipEmbedder("imgrag-tiny-clip", device=d, precision="fp32", batch_size=8)  # noqa: E731
+    coll = tmp_path / "photos"
+    make_collection(coll, n=10)
+    ref = Index.create_or_open(tmp_path / "ref", make(), store="faiss")
+    build_index(ref, [coll], IndexOptions(batch_size=3, workers=0, preprocess="tensor"))
+
+    finished_in = []
+
+    class Spy(Finisher):
+        def __call__(self, results, raw):
+            finished_in.append(threading.current_thread().name)
+            return super().__call__(results, raw)
+
+    def cuda_style(emb, device, ds_args, ds_kwargs):  # what tensor_loading gives on CUDA
+        ds = tensor_loading(emb, device, ds_args, ds_kwargs)[0]
+        return ds, TensorCollate(None), Spy(emb.tensor_transform(), device, ds.max_pixels)
+
+    monkeypatch.setattr(pipeline, "tensor_loading", cuda_style)
+    monkeypatch.setattr(pipeline, "Finisher", Spy)
+    two = Index.create_or_open(tmp_path / "two", make(), store="faiss")
+    rep = build_index(two, [coll], IndexOptions(batch_size=3, workers=0, preprocess="tensor", devices=("cpu", "cpu"),
+                                                replica_factory=lambda d: make(d)))
+    assert rep.embedded == 10 and len(finished_in) == 4  # 4 batches of ≤ 3, finished on their replica's thread
+    assert sorted({n.rsplit("_", 1)[0] for n in finished_in}) == ["imgrag-replica-0", "imgrag-replica-1"]
+    v1, v2 = _vectors(ref), _vectors(two)
+    assert sorted(v1) == sorted(v2)
+    for i in v1:
+        np.testing.assert_allclose(v1[i], v2[i], atol=1e-5)
