@@ -312,8 +312,9 @@ class Index:
         if self._store is None:
             if self.location.remote and self.manifest.store != "lancedb":
                 raise ImgragError(f"the {self.manifest.store} store cannot live on object storage ({self.root})")
-            self._store = open_store(self.manifest.store, self.data_location.join(self.manifest.store),
-                                     self.manifest.dim, **self.manifest.store_options)
+            store = open_store(self.manifest.store, self.data_location.join(self.manifest.store),
+                               self.manifest.dim, **self.manifest.store_options)
+            self._store = _guard_writes(store, self.writing)
         return self._store
 
     @property
@@ -370,3 +371,26 @@ def check_compatible(manifest: Manifest, embedder, root: Path) -> None:
         raise IndexMismatchError(
             f"index {root} was built with model {manifest.model!r} but different weights or preprocessing "
             f"({manifest.fingerprint} vs {fp}); use another --index or --rebuild")
+
+
+#: the store methods that change an index; through :attr:`Index.store` each takes the writer lock
+WRITE_METHODS = ("upsert", "delete", "update_columns", "optimize", "commit_staged")
+
+
+def _guard_writes(store: VectorStore, lock) -> VectorStore:
+    """Make every write through ``store`` take the index's writer lock (``lock()``: :meth:`Index.writing`),
+    so a Python caller who writes to ``index.store`` directly cannot write beside a running indexer. A caller
+    that already holds the lock on this thread (every library writer, ``with index.writing():``) nests in it
+    at the cost of a dictionary lookup; anyone else takes it for the one call, or gets IndexLockedError."""
+    import functools
+
+    for name in WRITE_METHODS:
+        method = getattr(store, name)
+
+        @functools.wraps(method)
+        def guarded(*args, _method=method, **kwargs):
+            with lock():
+                return _method(*args, **kwargs)
+
+        setattr(store, name, guarded)
+    return store

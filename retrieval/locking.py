@@ -6,8 +6,10 @@ the rebuild's switch and garbage collection (``Index.publish`` / ``collect_garba
 (``Index.write_skipped``), label write-back (``classify_index(write=True)``) and the tuned adapter
 (``tune_index``, ``save_adapter``, ``reset_adapter``). A second writer — another process, or another thread
 of this one — fails at once with :class:`IndexLockedError` before it changes anything; it never waits.
-Readers take no lock (LanceDB versions and the FAISS manifest give them a consistent state). Code writing
-to ``index.store`` directly holds ``with index.writing():`` around it.
+Readers take no lock (LanceDB versions and the FAISS manifest give them a consistent state). Writes made
+directly through ``index.store`` (``upsert``, ``delete``, ``update_columns``, ``optimize``, ``commit_staged``)
+take it too, each for its own call (``retrieval/index.py: _guard_writes``); ``with index.writing():`` around
+a series of them holds it once for all.
 
 **Re-entrancy.** A lock taken with ``outer=True`` (``Index.writing()``, and every library writer) may be
 taken again by the *same thread* while it is held: ``imgrag index`` locks before loading a model or making

@@ -240,8 +240,24 @@ def _w_reset_adapter(idx, coll, tmp_path, ctx):
 
 
 def _w_store(idx, coll, tmp_path, ctx):
-    with idx.writing():  # the documented guard around direct store writes
+    with idx.writing():  # the documented guard around a series of direct store writes
         idx.store.delete([next(iter(all_rows(idx)))])
+
+
+def _w_store_delete(idx, coll, tmp_path, ctx):
+    idx.store.delete([next(iter(all_rows(idx)))])  # no writing(): the store takes the lock itself
+
+
+def _w_store_upsert(idx, coll, tmp_path, ctx):
+    idx.store.upsert(idx.store.get([next(iter(all_rows(idx)))]))
+
+
+def _w_store_labels(idx, coll, tmp_path, ctx):
+    idx.store.update_columns([next(iter(all_rows(idx)))], {"label": ["red"]})
+
+
+def _w_store_optimize(idx, coll, tmp_path, ctx):
+    idx.store.optimize()
 
 
 def _w_ui_classify(idx, coll, tmp_path, ctx):
@@ -257,7 +273,8 @@ def _w_ui_index(idx, coll, tmp_path, ctx):
 WRITERS = {"index": _w_index, "prune": _w_prune, "rebuild draft": _w_rebuild, "publish": _w_publish,
            "collect_garbage": _w_collect, "write_skipped": _w_skipped, "classify_index write": _w_classify,
            "tune_index": _w_tune, "save_adapter": _w_save_adapter, "reset_adapter": _w_reset_adapter,
-           "Index.writing + store": _w_store, "UI classify job": _w_ui_classify, "UI index job": _w_ui_index}
+           "Index.writing + store": _w_store, "store.delete": _w_store_delete, "store.upsert": _w_store_upsert,
+           "store.update_columns": _w_store_labels, "store.optimize": _w_store_optimize, "UI classify job": _w_ui_classify, "UI index job": _w_ui_index}
 
 
 @pytest.mark.parametrize("store", STORES)
@@ -336,3 +353,17 @@ def test_writing_is_reentrant_for_its_thread_only(store, tmp_path):
             build_index(idx, [coll], IndexOptions(workers=0))
     with writer_lock(idx.root, outer=True):
         build_index(idx, [coll], IndexOptions(workers=0))
+
+
+@pytest.mark.parametrize("store", STORES)
+def test_a_direct_store_write_takes_the_lock_for_its_call_only(store, tmp_path):
+    coll = tmp_path / "coll"
+    tiny_collection(coll, 3)
+    idx = Index.create_or_open(tmp_path / "idx", FakeEmbedder(), store=store)
+    build_index(idx, [coll], IndexOptions(workers=0))
+    victim = sorted(all_rows(idx))[0]
+    idx.store.delete([victim])  # nobody holds the lock: taken for this call, then given back
+    assert victim not in all_rows(idx) and len(all_rows(idx)) == 2
+    assert not held_here(idx.root) and read_holder(idx.root / "index.lock") == ""
+    h = Holder(idx.root)  # another process can take it at once
+    h.stop()
