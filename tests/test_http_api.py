@@ -150,6 +150,9 @@ def test_search_filters(site):
     assert st == 200 and pages["results"] and all(r["kind"] == "page" and r["page"] in (1, 2) for r in pages["results"])
     assert pages["results"][0]["page"] == 2 and "price" in pages["results"][0]["matched_terms"]
     assert pages["results"][0]["name"] == "report.pdf"
+    # a page's original is that page rendered (the PDF itself is not an image the server hands out)
+    st, data, hdr = call(site, "GET", pages["results"][0]["original_url"][len("/api/v1"):])
+    assert st == 200 and hdr["content-type"] == "image/jpeg" and data[:3] == b"\xff\xd8\xff"
     st, photos = get_json(site, "/search", q="bananas price list", k=20, type="photo")
     assert photos["results"] and all(r["kind"] == "photo" and r["page"] is None for r in photos["results"])
     st, dated = get_json(site, "/search", q="a flower", k=20, path="*/dated/*")

@@ -130,3 +130,13 @@ def test_details_of_an_item_opened_outside_the_results(backend):  # noqa: F811
     row = dict(backend.row(item["id"]), name="red.png", score=None)  # what the Search tab shows for it
     h = detail_html(row)
     assert "red.png" in h and "score" not in h and "/imgrag/image?id=" in h
+
+
+def test_details_link_a_document_page_to_that_page():
+    from imgrag.app.web.html import detail_html
+
+    page = {"id": "/d/a.pdf#page=3", "path": "/d/a.pdf", "name": "a.pdf", "score": 0.4, "page": 3}
+    h = detail_html(page)
+    assert "href='/imgrag/preview?id=%2Fd%2Fa.pdf%23page%3D3'" in h and ">open page 3</a>" in h
+    photo = {"id": "/p/cat.jpg", "path": "/p/cat.jpg", "name": "cat.jpg", "score": 0.4}
+    assert "href='/imgrag/image?id=%2Fp%2Fcat.jpg'" in detail_html(photo)

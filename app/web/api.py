@@ -84,7 +84,7 @@ def item_out(item_id: str, path: str, row: dict[str, Any], score: Optional[float
         height=row.get("height"), size=row.get("size"), label=row.get("label"),
         label_score=_round(row.get("label_score")), copies=[display(str(c)) for c in (row.get("copies") or ())],
         thumb_url=media_url("thumb", item_id), preview_url=media_url("preview", item_id),
-        original_url=media_url("original", item_id))
+        original_url=media_url("preview" if page else "original", item_id))  # a page: its own, rendered
 
 
 def _round(v: Any) -> Optional[float]:

@@ -35,7 +35,7 @@ class ItemOut(BaseModel):
     copies: list[str] = Field([], description="other paths with the same bytes (display form)")
     thumb_url: str
     preview_url: str
-    original_url: str
+    original_url: str = Field(description="the file itself; for a document page, that page rendered (as preview_url)")
 
 
 class SearchOut(BaseModel):

@@ -126,9 +126,11 @@ def detail_html(it: dict[str, Any] | None) -> str:
     body = "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in rows)
     if it.get("snippet"):
         body += f"<tr><th>text</th><td class='imgrag-snippet'>{snippet_html(it['snippet'], it.get('match_spans'))}</td></tr>"
-    link = f"/imgrag/image?id={quote(it['id'], safe='')}"
+    # a document page has no image file of its own: its link opens that page rendered (not the PDF's page 1)
+    route, text = ("preview", f"open page {int(it['page'])}") if it.get("page") else ("image", "open the original")
+    link = f"/imgrag/{route}?id={quote(it['id'], safe='')}"
     return (f"<div class='imgrag-detail'><table class='imgrag-table'>{body}</table>"
-            f"<a href='{esc(link)}' target='_blank' rel='noopener noreferrer'>open the original</a></div>")
+            f"<a href='{esc(link)}' target='_blank' rel='noopener noreferrer'>{text}</a></div>")
 
 
 def job_html(st: JobStatus) -> str:
