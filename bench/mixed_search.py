@@ -218,7 +218,7 @@ def evidence_sweep(index, qs, vec: list[list[str]]) -> dict:
     keep = hybrid.FULL_MATCH, hybrid.SHARE_POWER
     runs = {}
     try:
-        for full in (None, 1.25, 1.5, 1.75, 2.0, 2.5):
+        for full in (None, 1.5, 1.75, 2.0, 2.5, 3.0):
             for power in ((0.0,) if full is None else (0.0, 0.25, 0.5, 0.75, 1.0)):
                 hybrid.FULL_MATCH, hybrid.SHARE_POWER = full, power
                 log(f"keyword evidence: full match {full}, sharing power {power}")

@@ -22,7 +22,8 @@ however well a page matches it. *Sharing* is how many keyword hits hold at least
 holds: a match that singles one page out keeps its weight; a word a dozen pages say lifts none of them
 far. Before 2026-12 strength was BM25 / best BM25, so the best page for any word was a full match and
 pages that say "cat" outranked cat photos (6 of 282 bench queries returned fewer relevant photos than
-vector search; 0 since, bench/mixed_search.py). When the vector ranking carries no information (its best
+vector search; 0 since, bench/mixed_search.py). In hybrid, a page whose similarity is far below the best
+photo's gets no lift from weak words (:func:`blend`). When the vector ranking carries no information (its best
 similarity does not exceed the candidates' median by ``vector_gate``; lite on text-only pages), keyword
 matches are ordered by ``kw`` alone: their relevance uses the median similarity instead of their own, but
 never falls below their own similarity.
@@ -56,6 +57,10 @@ COVER_POWER = 2  # keyword match = (share of the query's words present) ** COVER
 #: that page alone (FULL_MATCH × unique_idf; 1.75–2.5 measured, bench/mixed_search.py --sweep)
 FULL_MATCH: float | None = 2.0
 SHARE_POWER = 0.5  # kw ÷ (pages whose matched words include this page's) ** SHARE_POWER (0.5–0.75 measured)
+#: hybrid: a page whose similarity is more than VISUAL_MARGIN + MARGIN_SLOPE·kw below the best photo's among the
+#: vector candidates gets no keyword lift (lite cosines; CLIP/SigLIP's narrower range rarely reaches it)
+VISUAL_MARGIN = 0.3
+MARGIN_SLOPE = 0.2
 
 
 def hybrid_defaults(model_id: str | None) -> tuple[tuple[float, float], float]:
@@ -257,7 +262,13 @@ def relevance(similarity: float, keyword: float, lam: float) -> float:
 
 def blend(index: "Index", qv: np.ndarray, vec: Sequence[Hit], txt: Sequence[Hit], query: str,
           weights: Sequence[float], vector_gate: float = 0.0) -> list[Hit]:
-    """Hybrid hits: the union of both candidate lists, each scored by :func:`relevance`, best first."""
+    """Hybrid hits: the union of both candidate lists, each scored by :func:`relevance`, best first.
+
+    A page's keyword match counts (``row["keyword"]``, the lift) only while its similarity is within
+    ``VISUAL_MARGIN + MARGIN_SLOPE·kw`` of the best photo's (the best item without text among the vector
+    candidates): a page that looks far less like the query than a photo is not lifted over it by weak
+    words ("a cat" and three pages of R's cat()), a strong match (a phrase only that page holds) still is.
+    """
     lam = float(weights[1]) / float(weights[0] + weights[1])
     ev = keyword_evidence(txt, query, text_rows(index) if txt else None)
     first: dict[str, Hit] = {}
@@ -274,10 +285,13 @@ def blend(index: "Index", qv: np.ndarray, vec: Sequence[Hit], txt: Sequence[Hit]
     rank_v = {h.id: r for r, h in enumerate(vec, 1)}
     rank_t = {h.id: r for r, h in enumerate(txt, 1)}
     bm25 = {h.id: float(h.score) for h in txt}
+    best_photo = max((float(h.score) for h in vec if not h.row.get("text")), default=None)
     out = []
     for i, h in first.items():
         s = sims.get(i, 0.0)
         kw, words = ev.get(i, (0.0, []))
+        if kw > 0 and best_photo is not None and best_photo - s > VISUAL_MARGIN + MARGIN_SLOPE * kw:
+            kw = 0.0  # looks far less like the query than the best photo, and the words are weak: no lift
         score = relevance(s, kw, lam)
         if base is not None and kw > 0:  # the similarity ranking is noise: order keyword matches by kw alone
             score = max(s, relevance(base, kw, lam))
