@@ -25,11 +25,8 @@ from imgrag.app.web.duplicates_tab import DuplicateFinder, group_rows, groups_ht
 from imgrag.indexer.pipeline import IndexOptions, build_index
 from imgrag.retrieval.index import Index
 from imgrag.retrieval.queries.duplicates import Member
-from ui_support import ROOT, SAMPLES, XSS_NAME, Server, build_lite_index, make_lite_corpus
-
-CHROMIUM = "/usr/bin/chromium"
-SHOTS = ROOT / "test-output" / "ui"
-DOCS_IMG = ROOT / "docs" / "img"
+from browser_support import DOCS_IMG, SHOTS, chromium, needs_chromium  # noqa: F401 (chromium: a fixture)
+from ui_support import SAMPLES, XSS_NAME, Server, build_lite_index, make_lite_corpus
 
 
 class _Tags(HTMLParser):
@@ -168,22 +165,9 @@ def site(tmp_path_factory):
     server.stop()
 
 
-@pytest.fixture(scope="module")
-def chromium():
-    from playwright.sync_api import sync_playwright
-
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync", "--no-first-run"])
-        yield b
-        b.close()
-
-
 @pytest.mark.browser
 @pytest.mark.slow
-@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian chromium is not installed")
+@needs_chromium
 def test_tab_shows_groups_with_keeper_and_opens_viewer(site, chromium):
     server, coll = site
     page = chromium.new_page(viewport={"width": 1280, "height": 1000})

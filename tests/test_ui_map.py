@@ -8,20 +8,14 @@ The screenshot lands in docs/img/ui-map.png.
 from __future__ import annotations
 
 import json
-import os
 import re
 
 import pytest
 
-from ui_support import ROOT, Server, build_lite_index, gradio_call, make_lite_corpus
+from browser_support import DOCS_IMG, MARKS, SHOTS, chromium, open_page  # noqa: F401 (chromium: a fixture)
+from ui_support import Server, build_lite_index, gradio_call, make_lite_corpus
 
-CHROMIUM = "/usr/bin/chromium"
-SHOTS = ROOT / "test-output" / "ui"
-DOCS_IMG = ROOT / "docs" / "img"
-
-pytestmark = [pytest.mark.browser, pytest.mark.slow,
-              pytest.mark.skipif(not os.path.exists(CHROMIUM),
-                                 reason="Debian chromium is not installed (apt-get install chromium); .ci/run installs it")]
+pytestmark = MARKS
 
 
 @pytest.fixture(scope="module")
@@ -36,22 +30,13 @@ def site(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def page(site):
-    from playwright.sync_api import sync_playwright
-
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync", "--no-first-run"])
-        pg = browser.new_page(viewport={"width": 1280, "height": 1000})
-        pg.set_default_timeout(120_000)
-        pg.goto(site.url)
-        pg.get_by_role("tab", name="Map", exact=True).click()
-        pg.click("#map-draw")
-        pg.wait_for_selector("#map-view .imgrag-map svg .mp-pt")
-        yield pg
-        browser.close()
+def page(site, chromium):
+    pg = open_page(chromium, site.url, 1280, 1000, ready=None)
+    pg.get_by_role("tab", name="Map", exact=True).click()
+    pg.click("#map-draw")
+    pg.wait_for_selector("#map-view .imgrag-map svg .mp-pt")
+    yield pg
+    pg.close()
 
 
 def _items(page) -> list[dict]:

@@ -12,13 +12,10 @@ import shutil
 
 import pytest
 
+from browser_support import MARKS, captions, chromium, open_page, search  # noqa: F401 (chromium: a fixture)
 from ui_support import SAMPLES, Server, build_lite_index
 
-CHROMIUM = "/usr/bin/chromium"
-
-pytestmark = [pytest.mark.browser, pytest.mark.slow,
-              pytest.mark.skipif(not os.path.exists(CHROMIUM),
-                                 reason="Debian chromium is not installed (apt-get install chromium); .ci/run installs it")]
+pytestmark = MARKS
 
 PHOTOS = ["animals/cat_chelsea.jpg", "food/bananas.png", "food/teapot.png", "space/rocket_launch.jpg",
           "music/guitar.png", "plants/sunflower.png"]
@@ -26,20 +23,9 @@ PAGES = ["Quarterly report: revenue of the flux capacitor division grew by eight
          "Market stall price list: ripe bananas cost two euros a kilo this week, pears three."]
 
 
-def _captions(page) -> list[str]:
-    return [c.strip() for c in page.locator("#search-gallery .caption-label, #search-gallery figcaption, "
-                                            "#search-gallery .caption").all_inner_texts() if c.strip()]
-
-
 def _search(page, text: str) -> list[str]:
-    page.get_by_role("tab", name="Search", exact=True).click()
-    page.locator("#search-query textarea, #search-query input").first.fill(text)
-    before = page.evaluate("() => document.querySelector('#search-status [data-seq]')?.dataset.seq || ''")
-    page.click("#search-button")
-    page.wait_for_function("([b]) => { const e = document.querySelector('#search-status [data-seq]');"
-                           " return e && e.dataset.seq !== b; }", arg=[before])
-    page.evaluate("() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
-    return _captions(page)
+    search(page, text)
+    return captions(page)
 
 
 def _set_cutoff(page, value: float) -> None:
@@ -50,10 +36,9 @@ def _set_cutoff(page, value: float) -> None:
                            "'#search-cutoff input[type=range]').value) - v) < 1e-6", arg=[round(value, 2)])
 
 
-def test_mixed_index_search_tab_shows_photos_pages_and_cuts_the_shown_score(tmp_path):
+def test_mixed_index_search_tab_shows_photos_pages_and_cuts_the_shown_score(tmp_path, chromium):
     fpdf = pytest.importorskip("fpdf")
     pytest.importorskip("pypdfium2")
-    from playwright.sync_api import sync_playwright
 
     coll = tmp_path / "coll"
     coll.mkdir()
@@ -70,29 +55,22 @@ def test_mixed_index_search_tab_shows_photos_pages_and_cuts_the_shown_score(tmp_
     build_lite_index(coll, idx)
     server = Server(idx, cache=tmp_path / "cache")
     try:
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-                "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--no-first-run"])
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.set_default_timeout(120_000)
-            page.goto(server.url)
-            page.wait_for_selector("#search-query textarea, #search-query input")
-            caps = _search(page, "a cat")  # a photo query: the index holds text, so this is hybrid
-            assert caps and "cat_chelsea.jpg" in caps[0], caps
-            caps = _search(page, "ripe bananas")
-            banana = next(c for c in caps if "bananas.png" in c)
-            doc = next(c for c in caps if "report.pdf p.2" in c)
-            assert "words: ripe, banana" in doc and "words:" not in banana
-            shown = float(re.match(r"(\d\.\d{3}) · ", banana).group(1))
-            page.get_by_text("Filters and options").click()
-            low, high = round(shown - 0.01, 2), round(shown + 0.01, 2)  # the slider's step is 0.01
-            _set_cutoff(page, low)
-            assert any("bananas.png" in c for c in _search(page, "ripe bananas"))
-            _set_cutoff(page, high)
-            caps = _search(page, "ripe bananas")
-            assert not any("bananas.png" in c for c in caps)
-            assert all(float(c.split(" · ")[0]) >= high - 5e-4 for c in caps)  # captions round to 3 places
-            browser.close()
+        page = open_page(chromium, server.url)
+        caps = _search(page, "a cat")  # a photo query: the index holds text, so this is hybrid
+        assert caps and "cat_chelsea.jpg" in caps[0], caps
+        caps = _search(page, "ripe bananas")
+        banana = next(c for c in caps if "bananas.png" in c)
+        doc = next(c for c in caps if "report.pdf p.2" in c)
+        assert "words: ripe, banana" in doc and "words:" not in banana
+        shown = float(re.match(r"(\d\.\d{3}) · ", banana).group(1))
+        page.get_by_text("Filters and options").click()
+        low, high = round(shown - 0.01, 2), round(shown + 0.01, 2)  # the slider's step is 0.01
+        _set_cutoff(page, low)
+        assert any("bananas.png" in c for c in _search(page, "ripe bananas"))
+        _set_cutoff(page, high)
+        caps = _search(page, "ripe bananas")
+        assert not any("bananas.png" in c for c in caps)
+        assert all(float(c.split(" · ")[0]) >= high - 5e-4 for c in caps)  # captions round to 3 places
+        page.close()
     finally:
         server.stop()

@@ -67,6 +67,9 @@ def _search(page, text: str) -> None:
     page.wait_for_selector("#search-gallery .thumbnail-item img")
 
 
+_THUMBS_LOADED = "() => [...document.querySelectorAll('#search-gallery img')].every(i => i.complete && i.naturalWidth > 0)"
+
+
 def _viewer_name(page) -> str:
     return page.locator("#imgrag-viewer .iv-name").inner_text()
 
@@ -168,6 +171,7 @@ def test_phone_layout_shows_score_and_name(site, chromium):
             "vis: e.getBoundingClientRect().width > 0}))")
         assert boxes and all(b["vis"] and b["w"] <= b["cw"] + 1 for b in boxes), boxes  # nothing cut off
         assert all(re.match(r"\d\.\d{3} · \S+", b["text"]) for b in boxes), boxes
+        pg.wait_for_function(_THUMBS_LOADED)
         pg.screenshot(path=str(DOCS_IMG / "ui-phone.png"))
         pg.locator("#search-gallery .thumbnail-item").first.click()
         pg.wait_for_selector("#imgrag-viewer:not([hidden])")
@@ -229,6 +233,9 @@ def test_document_page_opens_at_its_page(page, site):
     p1 = page.request.get(site.url + p1_item["original"])
     assert p2.status == 200 and p2.headers["content-type"] == "image/jpeg" and p2.body() != p1.body()
     page.keyboard.press("Escape")
+    # the Search tab's details of the selected page link to the same rendered page
+    page.wait_for_function("() => document.querySelector('#search-detail').innerText.includes('open page 2')")
+    assert page.locator("#search-detail a").get_attribute("href") == href
 
 
 def test_filters_by_type_folder_and_dates(page):
@@ -271,6 +278,7 @@ def test_desktop_grid_fills_the_page_with_readable_captions(page):
     wrap = page.evaluate("() => { const w = document.querySelector('#search-gallery .grid-wrap');"
                          " return [w.scrollHeight, w.clientHeight]; }")
     assert wrap[0] <= wrap[1] + 1, wrap
+    page.wait_for_function(_THUMBS_LOADED)
     page.screenshot(path=str(DOCS_IMG / "ui-search.png"))
 
 
