@@ -14,10 +14,14 @@ of four kinds, each with its known relevant items:
 Every mode (vector, text, hybrid, auto) goes through ``imgrag.retrieval.queries.hybrid.search_documents``
 on a real LanceDB index with the lite model (offline, real weights). Besides recall and nDCG it counts the
 queries whose top 10 hold *fewer relevant photos than vector search alone* — the failure the fusion must
-never show — and how many queries return nothing.
+never show, listed by query — and how many queries return nothing. Every table is also given for two fixed
+halves of the queries (split by a hash of the text). ``--sweep`` adds hybrid weight/gate variants and the
+keyword-evidence variants of ``hybrid.py`` (full-match level × sharing power, with and without the visual
+margin), and for each half the variant it would choose, scored on the other half.
 
     python bench/mixed_search.py --work bench/.cache/mixed          # index once (about 4 min), then evaluate
     python bench/mixed_search.py --work bench/.cache/mixed --json   # the same, figures as JSON
+    python bench/mixed_search.py --work bench/.cache/mixed --sweep  # + variants and the half/half check
 
 Needs the ``lite`` and ``docs`` extras and ``fpdf2``; the manuals come from ``apt-get download r-doc-pdf``
 (cached in bench/.cache) or ``--rdoc-dir``.
@@ -209,26 +213,31 @@ def halves(qs) -> list[list[int]]:
 
 
 def evidence_sweep(index, qs, vec: list[list[str]]) -> dict:
-    """Keyword-evidence variants (FULL_MATCH × SHARE_POWER of hybrid.py; FULL_MATCH None = BM25 relative to
-    the query's best hit, the rule before 2026-12) on all queries and on each half, and the variant a half
-    would choose (no page or mixed recall lost against the old rule, then fewest 'fewer photos', then best
+    """Keyword-evidence variants (FULL_MATCH × SHARE_POWER of hybrid.py, without its visual margin; FULL_MATCH
+    None = BM25 relative to the query's best hit, the rule before 2026-12; then the default with the margin)
+    on all queries and on each half, and the variant (without margin) a half would choose (no page or mixed recall lost against the old rule, then fewest 'fewer photos', then best
     R@10) scored on the other half."""
     from imgrag.retrieval.queries import hybrid
 
-    keep = hybrid.FULL_MATCH, hybrid.SHARE_POWER
+    keep = hybrid.FULL_MATCH, hybrid.SHARE_POWER, hybrid.VISUAL_MARGIN
     runs = {}
     try:
-        for full in (None, 1.5, 1.75, 2.0, 2.5, 3.0):
-            for power in ((0.0,) if full is None else (0.0, 0.25, 0.5, 0.75, 1.0)):
-                hybrid.FULL_MATCH, hybrid.SHARE_POWER = full, power
-                log(f"keyword evidence: full match {full}, sharing power {power}")
-                runs[(full, power)] = run_modes(index, qs, ("hybrid",))["hybrid"]
+        for margin in (float("inf"), keep[2]):  # without the visual margin (the old rule had none), then with
+            hybrid.VISUAL_MARGIN = margin
+            for full in (None, 1.5, 1.75, 2.0, 2.5, 3.0):
+                for power in ((0.0,) if full is None else (0.0, 0.25, 0.5, 0.75, 1.0)):
+                    if margin != float("inf") and (full, power) != keep[:2]:
+                        continue
+                    hybrid.FULL_MATCH, hybrid.SHARE_POWER = full, power
+                    log(f"keyword evidence: full match {full}, sharing power {power}, visual margin {margin}")
+                    runs[(full, power, margin)] = run_modes(index, qs, ("hybrid",))["hybrid"]
     finally:
-        hybrid.FULL_MATCH, hybrid.SHARE_POWER = keep
+        hybrid.FULL_MATCH, hybrid.SHARE_POWER, hybrid.VISUAL_MARGIN = keep
     parts = halves(qs)
-    res = {f"{f}/{p}": {"all": score({"vector": vec, "hybrid": got}, qs)["hybrid"],
-                        **{f"half{h}": score({"vector": vec, "hybrid": got}, qs, parts[h])["hybrid"] for h in (0, 1)}}
-           for (f, p), got in runs.items()}
+    res = {f"{f}/{p}" + ("" if m == float("inf") else f" + margin {m}"):
+           {"all": score({"vector": vec, "hybrid": got}, qs)["hybrid"],
+            **{f"half{h}": score({"vector": vec, "hybrid": got}, qs, parts[h])["hybrid"] for h in (0, 1)}}
+           for (f, p, m), got in runs.items()}
     old = res["None/0.0"]
 
     def key(name: str, part: str):
@@ -237,7 +246,7 @@ def evidence_sweep(index, qs, vec: list[list[str]]) -> dict:
         return lost, r["all"]["fewer_photos"], -r["all"]["R@10"]
     cv = {}
     for train, test in (("half0", "half1"), ("half1", "half0")):
-        pick = min(res, key=lambda n: key(n, train))
+        pick = min((n for n in res if "margin" not in n), key=lambda n: key(n, train))
         cv[f"chosen on {train}"] = {"variant": pick, "train": res[pick][train]["all"], "test": res[pick][test]["all"],
                                     "test_old_rule": old[test]["all"]}
     return {"variants": res, "cv": cv}
