@@ -6,9 +6,10 @@
   keyword match in 0–1 (:func:`keyword_evidence`).
 - ``hybrid``: every candidate of either side gets its cosine similarity (computed for keyword-only hits)
   and its keyword match ``kw``, and one relevance ``score = b + (1 − b)·λ·kw`` (``b = max(s, 0)``), with
-  ``λ = T/(V+T)`` from the weights ``V,T``. A keyword miss is *no evidence*, not negative evidence: an item without
-  matching text (a photo) keeps exactly its similarity, so hybrid never ranks or cuts a photo below where
-  vector search puts it; words that match raise a page towards 1. The cutoff (``min_score``) applies to
+  ``λ = T/(V+T)`` from the weights ``V,T`` (``0,1``: keyword hits only, scored by ``kw``). A keyword miss
+  is *no evidence*, not negative evidence: an item without matching text (a photo) keeps exactly its
+  similarity, so hybrid never ranks or cuts a photo below where vector search puts it; words that match
+  raise a page towards 1. The cutoff (``min_score``) applies to
   this displayed score. (Until 2026-11 hybrid showed reciprocal-rank-fusion values of about 0.01–0.03 and
   dropped the vector side when its ranking looked uninformative, which emptied photo results in mixed
   indexes; :func:`rrf_fuse` and :func:`fuse` remain for callers that want rank fusion.)
@@ -292,7 +293,8 @@ def blend(index: "Index", qv: np.ndarray, vec: Sequence[Hit], txt: Sequence[Hit]
         kw, words = ev.get(i, (0.0, []))
         if kw > 0 and best_photo is not None and best_photo - s > VISUAL_MARGIN + MARGIN_SLOPE * kw:
             kw = 0.0  # looks far less like the query than the best photo, and the words are weak: no lift
-        score = relevance(s, kw, lam)
+        # vector weight 0 (--weights 0,1): the similarity takes no part, keyword hits in keyword-match order
+        score = relevance(s if weights[0] > 0 else 0.0, kw, lam)
         if base is not None and kw > 0:  # the similarity ranking is noise: order keyword matches by kw alone
             score = max(s, relevance(base, kw, lam))
         extra = {"similarity": s, "keyword": kw, "matched_terms": words}
