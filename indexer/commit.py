@@ -57,7 +57,7 @@ class LocalCommitter:
         self.metas.append(meta)
         self.vecs.append(vec)
         key = reuse_key(meta)
-        if key:  # later copies in this run reuse this vector (pipeline._reuse_in_run)
+        if key:  # later copies in this run reuse this vector (pipeline._mark_reused)
             self.hash_to_id.setdefault(key, meta["id"])
 
     @property
