@@ -55,9 +55,9 @@ RRF_K = 60
 DEFAULT_WEIGHTS = (1.0, 1.0)  # (vector, text)
 COVER_POWER = 2  # keyword match = (share of the query's words present) ** COVER_POWER × strength / sharing
 #: a keyword match can have full strength only when its BM25 reaches that of FULL_MATCH words each found on
-#: that page alone (FULL_MATCH × unique_idf; 1.75–2.5 measured, bench/mixed_search.py --sweep)
+#: that page alone (FULL_MATCH × unique_idf; 1.75–2 best of 1.5–3, bench/mixed_search.py --sweep)
 FULL_MATCH: float | None = 2.0
-SHARE_POWER = 0.5  # kw ÷ (pages whose matched words include this page's) ** SHARE_POWER (0.5–0.75 measured)
+SHARE_POWER = 0.5  # kw ÷ (pages whose matched words include this page's) ** SHARE_POWER (best of 0–1)
 #: hybrid: a page whose similarity is more than VISUAL_MARGIN + MARGIN_SLOPE·kw below the best photo's among the
 #: vector candidates gets no keyword lift (lite cosines; CLIP/SigLIP's narrower range rarely reaches it)
 VISUAL_MARGIN = 0.3
