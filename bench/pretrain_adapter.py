@@ -20,7 +20,9 @@ the 71 images, 147 captions; photos and clip art also separately), zero-shot top
 11 folders (raw, and calibrated as ``imgrag classify`` does by default), and the openclipart eval split
 (``bench/make_eval_sets.py openclipart /tmp/oc-eval``; vectors cached by bench/tune_eval.py).
 
-    python bench/pretrain_adapter.py [--sets oc,emoji] [--loss siglip] [--json out.json] [--save FILE]
+    python bench/make_eval_sets.py openclipart /tmp/oc-eval      # the eval split, then its vectors:
+    python bench/tune_eval.py --model lite --oc /tmp/oc-eval --limit-per-class 48
+    python bench/pretrain_adapter.py [--variants oc,oc:clip,emoji,oc+emoji] [--json out.json] [--save FILE]
 
 Image vectors are cached in bench/.cache/pretrain_adapter/ (the lite model runs once per image).
 """
@@ -347,9 +349,8 @@ def load_oc_eval(path: Path, root: Path) -> dict | None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="lite")
-    ap.add_argument("--variants", default="oc,emoji,oc+emoji",
-                    help="comma-separated training sets to compare (oc, emoji, oc+emoji)")
-    ap.add_argument("--losses", default="siglip", help="comma-separated: siglip,clip")
+    ap.add_argument("--variants", default="oc,oc:clip,emoji,oc+emoji",
+                    help="comma-separated runs SETS[:LOSS] (sets oc, emoji joined by +; loss siglip (default) or clip)")
     ap.add_argument("--oc-eval", type=Path, default=CACHE / "tune_eval" / "oc-lite-48.npz",
                     help="openclipart eval-split vectors cached by bench/tune_eval.py --limit-per-class 48")
     ap.add_argument("--oc-eval-root", type=Path, default=Path("/tmp/oc-eval"), help="its image folder (leakage check)")
@@ -364,7 +365,8 @@ def main() -> None:
     from imgrag.retrieval.tune.train import TuneConfig, train_adapter
 
     emb = load_embedder(args.model, device="cpu", precision="fp32")
-    variants = [v.split("+") for v in args.variants.split(",")]
+    runs = [(v.split(":")[0].split("+"), (v.split(":") + ["siglip"])[1]) for v in args.variants.split(",")]
+    variants = [r[0] for r in runs]
     sets = sorted({s for v in variants for s in v})
     pairs = {s: {"oc": openclipart_pairs, "emoji": emoji_pairs}[s]() for s in sets}
     vectors = {s: embed_cached(emb, pairs[s], {"oc": "openclipart-tune", "emoji": "emoji-google"}[s]) for s in sets}
@@ -379,24 +381,27 @@ def main() -> None:
     cache: dict = {}
     result["raw"] = evaluate_all(emb, None, samples, oc, cache)
     result["runs"] = []
-    for v in variants:
-        sup = supervision(emb, v, vectors, pairs)
-        for loss in args.losses.split(","):
-            cfg = TuneConfig(loss=loss, seed=args.seed)
-            res = train_adapter(sup, cfg)
-            res.adapter.meta.update(fingerprint_meta(emb, sup, res, cfg))
-            run = {"train": "+".join(v), "loss": loss, "images": len(sup.item_ids), "texts": len(sup.texts),
-                   "epochs": res.epochs, "best_epoch": res.best_epoch, "validation": res.to_json(),
-                   "data_digest": sup.digest(), **evaluate_all(emb, res.adapter, samples, oc, cache)}
-            for a in args.shrink:  # v + a·W v: a milder adapter, between the raw model (0) and the trained one (1)
-                mild = Adapter(res.adapter.text_w * a, None, res.adapter.meta)
-                run.setdefault("shrink", {})[str(a)] = evaluate_all(emb, mild, samples, oc, cache)
-            result["runs"].append(run)
-            print(json.dumps({k: run[k] for k in ("train", "loss", "samples_retrieval", "samples_zeroshot")}),
-                  file=sys.stderr, flush=True)
-            if args.save and len(result["runs"]) == 1:
-                args.save.parent.mkdir(parents=True, exist_ok=True)
-                args.save.write_bytes(res.adapter.to_bytes())
+    sups: dict[str, object] = {}
+    for v, loss in runs:
+        name = "+".join(v)
+        if name not in sups:
+            sups[name] = supervision(emb, v, vectors, pairs)
+        sup = sups[name]
+        cfg = TuneConfig(loss=loss, seed=args.seed)
+        res = train_adapter(sup, cfg)
+        res.adapter.meta.update(fingerprint_meta(emb, sup, res, cfg))
+        run = {"train": name, "loss": loss, "images": len(sup.item_ids), "texts": len(sup.texts),
+               "epochs": res.epochs, "best_epoch": res.best_epoch, "validation": res.to_json(),
+               "data_digest": sup.digest(), **evaluate_all(emb, res.adapter, samples, oc, cache)}
+        for a in args.shrink:  # v + a·W v: a milder adapter, between the raw model (0) and the trained one (1)
+            mild = Adapter(res.adapter.text_w * a, None, res.adapter.meta)
+            run.setdefault("shrink", {})[str(a)] = evaluate_all(emb, mild, samples, oc, cache)
+        result["runs"].append(run)
+        print(json.dumps({k: run[k] for k in ("train", "loss", "samples_retrieval", "samples_zeroshot")}),
+              file=sys.stderr, flush=True)
+        if args.save and len(result["runs"]) == 1:
+            args.save.parent.mkdir(parents=True, exist_ok=True)
+            args.save.write_bytes(res.adapter.to_bytes())
     text = json.dumps(result, indent=2)
     print(text)
     if args.json:
