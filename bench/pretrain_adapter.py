@@ -32,7 +32,6 @@ import argparse
 import collections
 import hashlib
 import json
-import os
 import re
 import shutil
 import subprocess
