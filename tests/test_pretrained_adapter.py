@@ -65,11 +65,22 @@ def test_credits_name_every_sample_and_its_source(pa):
     assert len(photos) == 12 and len(src) - len(photos) == 59
 
 
-@pytest.mark.skipif(not PNG_ROOT.is_dir(), reason="openclipart-png not extracted under bench/.cache")
+#: data/samples drawings whose CREDITS source is a symlink in Debian's openclipart-png 0.18, and the file it
+#: points to (the split applies to the real file). Checked against the package wherever it is extracted
+#: (bench/pretrain_adapter.py fetches it); CI does not download it, so the recorded targets stand in.
+SOURCE_LINKS = {
+    "recreation/sports/backpacker_ganson.png": "people/backpacker_ganson.png",
+    "recreation/sports/dartboard_ruud_steltenpo_01.png": "recreation/dartboard_ruud_steltenpo_01.png",
+}
+
+
 def test_no_sample_drawing_is_in_the_tune_split(pa):
     """The adapter trains on the tune split only; a sample's source may be a symlink, the split applies to
     the real file (recreation/sports/dartboard… → recreation/dartboard…)."""
-    mes = pa.mes
-    real = [(PNG_ROOT / s).resolve().relative_to(PNG_ROOT.resolve()).as_posix()
-            for s in pa.sample_sources().values() if not s.startswith("scikit")]
-    assert len(real) == 59 and not [r for r in real if mes.in_tune_split(r)]
+    sources = [s for s in pa.sample_sources().values() if not s.startswith("scikit")]
+    real = [SOURCE_LINKS.get(s, s) for s in sources]
+    assert len(real) == 59 and not [r for r in real if pa.mes.in_tune_split(r)]
+    assert any(pa.mes.in_tune_split(s) for s in sources)  # by its link's name one would be: the map matters
+    if PNG_ROOT.is_dir():  # the package is here: the recorded links are its links, and no other is missed
+        found = {s: (PNG_ROOT / s).resolve().relative_to(PNG_ROOT.resolve()).as_posix() for s in sources}
+        assert {s: r for s, r in found.items() if r != s} == SOURCE_LINKS
