@@ -199,11 +199,16 @@ def quality(args) -> None:
                 print(json.dumps(rows[-1]))
 
 
-def _scale_child(n: int, store_kind: str, dim: int, k: int, options: dict, source: str) -> None:
+def _scale_child(n: int, store_kind: str, dim: int, k: int, options: dict, source: str,
+                 ef_search: int | None = None) -> None:
     import numpy as np
 
     from imgrag.retrieval.stores import make_rows, open_store
+    from imgrag.retrieval.queries import duplicates as dup
     from imgrag.retrieval.queries.duplicates import _UnionFind, candidate_pairs
+
+    if ef_search:
+        dup.TEMP_EF_SEARCH = ef_search
 
     rng = np.random.default_rng(0)
     vecs = rng.standard_normal((n, dim)).astype(np.float32)
@@ -231,6 +236,7 @@ def _scale_child(n: int, store_kind: str, dim: int, k: int, options: dict, sourc
     secs, cpu = time.perf_counter() - t0, time.process_time() - c0  # CPU: all threads, robust to the load
     found = {tuple(sorted(g)) for g in groups if len(g) == 2}
     print(json.dumps({"items": items, "store": store_kind, "options": options, "candidates_from": used,
+                      "temp_ef_search": dup.TEMP_EF_SEARCH,
                       "describe": store.describe(), "dim": dim, "k": k,
                       "load_avg_1min": [round(load0, 1), round(os.getloadavg()[0], 1)],
                       "planted_pairs": len(planted), "candidate_pairs": len(pairs), "groups": len(groups),
@@ -252,7 +258,7 @@ def scale(args) -> None:
         options["ann_min_rows"] = args.ann_min_rows
     code = (f"import sys; sys.path.insert(0, {str(ROOT / 'bench')!r}); import duplicates; "
             f"duplicates._scale_child({args.items}, {args.store!r}, {args.dim}, {args.k}, {options!r}, "
-            f"{args.candidates!r})")
+            f"{args.candidates!r}, {args.ef_search!r})")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -273,6 +279,7 @@ def main() -> None:
     s.add_argument("--faiss-factory", help="FAISS store index, e.g. HNSW32 (default: the store's Flat)")
     s.add_argument("--ann-min-rows", type=int, help="LanceDB: build its vector index from this many rows")
     s.add_argument("--candidates", choices=["auto", "store", "hnsw"], default="auto")
+    s.add_argument("--ef-search", type=int, help="efSearch of the temporary graph (default: the library's)")
     args = p.parse_args()
     quality(args) if args.what == "quality" else scale(args)
 
