@@ -80,6 +80,19 @@ def test_checked_stream_checks_sentence_by_sentence_keeping_chunks():
     assert [c.cited for c in checks] == [[1], [1]] and not checks[1].supported
 
 
+def test_an_unmatched_quote_is_dropped_streamed_or_not():
+    assert gr.balance_quotes('The answer would be "Egyptian cat.') == "The answer would be Egyptian cat."
+    for kept in ('It is labelled "rocket" [1].', "It's a rocket.", "\u201cRocket\u201d, it says.", "No quotes."):
+        assert gr.balance_quotes(kept) == kept
+    assert gr.balance_quotes("It says \u201crocket.") == "It says rocket."
+    assert gr.balance_quotes("It says rocket\u201d.") == "It says rocket."
+    q, text = "What is the rocket doing?", 'The rocket is "launching into space [1]. It is "a rocket" [1].'
+    whole = gr.ground(text, q, {1: ROCKET}, mode="drop", default=[1]).text
+    assert whole == 'The rocket is launching into space [1]. It is "a rocket" [1].'
+    streamed = "".join(gr.checked_stream(iter([text[:9], text[9:30], text[30:]]), q, {1: ROCKET}, [], [1]))
+    assert streamed == whole
+
+
 # ------------------------------------------------------------------------------------------- answer flow
 class Scripted(Generator):
     def __init__(self, reply: str, text_only: bool):

@@ -209,11 +209,27 @@ def ground(text: str, question: str, facts_by_n: Mapping[int, Mapping[str, str]]
     kept: list[str] = []
     for c in checks:
         if c.supported:
-            kept.append(c.text)
+            kept.append(balance_quotes(c.text))
         elif mode == "mark":
-            kept.append(_mark(c.text))
+            kept.append(_mark(balance_quotes(c.text)))
     return Grounded(text=(pre + " ".join(kept)).strip() if kept else pre.strip(), checks=checks,
                     removed=[c for c in checks if not c.supported])
+
+
+def balance_quotes(sentence: str) -> str:
+    """A sentence with an unmatched quotation mark loses it (a small model often opens a quote and ends the
+    sentence without closing it: ``would be "Egyptian cat.``); balanced quotes are left alone."""
+    if sentence.count('"') % 2:
+        i = sentence.rfind('"')
+        sentence = sentence[:i] + sentence[i + 1:]
+    for op, cl in (("\u201c", "\u201d"), ("\u2018", "\u2019")):
+        if op in sentence and sentence.count(op) > sentence.count(cl):  # ’ alone is an apostrophe
+            i = sentence.rfind(op)
+            sentence = sentence[:i] + sentence[i + 1:]
+        elif op == "\u201c" and sentence.count(cl) > sentence.count(op):
+            i = sentence.find(cl)
+            sentence = sentence[:i] + sentence[i + 1:]
+    return sentence
 
 
 def _mark(sentence: str) -> str:
@@ -315,8 +331,9 @@ def _emit(parts: list[str], question: str, facts_by_n, checks: list[SentenceChec
         return
     c = check_cited(core, question, facts_by_n, default)
     checks.append(c)
+    tidy = balance_quotes(core)
+    lead = piece[: len(piece) - len(piece.lstrip())]
     if c.supported:
-        yield from parts
+        yield from (parts if tidy == core else [lead + tidy + piece[len(lead) + len(core):]])
     elif mode == "mark":
-        lead = piece[: len(piece) - len(piece.lstrip())]
-        yield lead + _mark(core) + piece[len(lead) + len(core):]
+        yield lead + _mark(tidy) + piece[len(lead) + len(core):]
