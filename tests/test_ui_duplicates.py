@@ -26,7 +26,7 @@ from imgrag.indexer.pipeline import IndexOptions, build_index
 from imgrag.retrieval.index import Index
 from imgrag.retrieval.queries.duplicates import Member
 from browser_support import DOCS_IMG, SHOTS, chromium, needs_chromium  # noqa: F401 (chromium: a fixture)
-from ui_support import SAMPLES, XSS_NAME, Server, build_lite_index, make_lite_corpus
+from ui_support import XSS_NAME, Server, build_lite_index, make_lite_corpus
 
 
 class _Tags(HTMLParser):
