@@ -113,7 +113,6 @@ def test_viewer_keys_and_more_like_this(page):
     page.wait_for_function("() => document.querySelector('#imgrag-viewer .iv-img').naturalWidth > 0")
     meta = page.locator("#imgrag-viewer .iv-meta").inner_text()
     assert "folder" in meta and "score" in meta and "size" in meta
-    page.screenshot(path=str(DOCS_IMG / "ui-viewer.png"))
     page.keyboard.press("ArrowRight")
     page.wait_for_function("() => document.querySelector('#imgrag-viewer .iv-pos').innerText.startsWith('3 of')")
     page.keyboard.press("ArrowLeft")
@@ -121,6 +120,9 @@ def test_viewer_keys_and_more_like_this(page):
     page.wait_for_function("() => document.querySelector('#imgrag-viewer .iv-pos').innerText.startsWith('1 of')")
     first = _viewer_name(page)
     assert first.split(" · ")[0] in caps[0]
+    page.wait_for_function("() => { const i = document.querySelector('#imgrag-viewer .iv-img');"
+                           " return i.complete && i.naturalWidth > 0; }")
+    page.screenshot(path=str(DOCS_IMG / "ui-viewer.png"))  # the README's first picture: the best match
     # the original opens at its page: a document page links to its rendered page, a photo to the file
     href = page.locator("#imgrag-viewer .iv-open").get_attribute("href")
     assert href.startswith("/imgrag/preview?id=" if "· page" in first else "/imgrag/image?id=")
