@@ -267,3 +267,21 @@ def test_cli_json_keeps_the_photos_vector_search_finds(manual_mixed, capsys):
     photos = [i for i in run("--mode", "vector") if "#page=" not in i]
     assert any("cat" in p for p in photos)
     assert set(photos) <= set(run())  # the default mode (auto → hybrid)
+
+
+def test_a_stem_only_match_is_weaker_evidence_than_the_word():
+    """LanceDB's full-text index stems: "a person" finds a page that says only "personal". That page must
+    not read as a full match of the one-word query (it lifted an R manual page over every photo of people):
+    it counts half a word, so its coverage² is a quarter of the page that says "person"."""
+    from imgrag.retrieval.queries import hybrid
+    from imgrag.retrieval.stores.schema import Hit
+
+    hits = [Hit("a#page=1", "a.pdf", 3.9, {"text": "Personal computing and its summary methods"}),
+            Hit("b#page=2", "b.pdf", 3.9, {"text": "One person per line"})]
+    ev = hybrid.keyword_evidence(hits, "a person", n_text=52)
+    (stem_kw, stem_words), (word_kw, word_words) = ev["a#page=1"], ev["b#page=2"]
+    assert stem_words == [] and word_words == ["person"]
+    strength = 3.9 / max(3.9, hybrid.FULL_MATCH * hybrid.unique_idf(52))
+    assert word_kw == pytest.approx(strength)  # one page holds the word: full coverage, no sharing
+    assert stem_kw == pytest.approx(hybrid.STEM_ONLY_WORDS ** hybrid.COVER_POWER * strength / 2 ** hybrid.SHARE_POWER)
+    assert stem_kw < word_kw / 4

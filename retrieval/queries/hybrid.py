@@ -57,6 +57,8 @@ COVER_POWER = 2  # keyword match = (share of the query's words present) ** COVER
 #: a keyword match can have full strength only when its BM25 reaches that of FULL_MATCH words each found on
 #: that page alone (FULL_MATCH × unique_idf; 1.75–2 best of 1.5–3, bench/mixed_search.py --sweep)
 FULL_MATCH: float | None = 2.0
+#: how many of the query's words a hit found by the store's stemming alone counts for (none matched as words)
+STEM_ONLY_WORDS = 0.5
 SHARE_POWER = 0.5  # kw ÷ (pages whose matched words include this page's) ** SHARE_POWER (best of 0–1)
 #: hybrid: a page whose similarity is more than VISUAL_MARGIN + MARGIN_SLOPE·kw below the best photo's among the
 #: vector candidates gets no keyword lift (lite cosines; CLIP/SigLIP's narrower range rarely reaches it)
@@ -203,7 +205,8 @@ def keyword_evidence(txt: Sequence[Hit], query: str,
     just for being the best. Without ``n_text`` (or with ``FULL_MATCH = None``) it is BM25 ÷ the best
     hit's, the rule before 2026-12. Sharing counts the hits whose matched words include this hit's: "cat",
     said by 7 pages of R's manuals, is divided by √7; a phrase only one page holds is not. A hit the store
-    found by stemming that the plain word fold misses counts one word, shared by all hits.
+    found by stemming that the plain word fold misses counts half a word (:data:`STEM_ONLY_WORDS`), shared
+    by all hits.
     """
     from imgrag.retrieval.textsearch import matched_terms, tokenize
 
@@ -217,7 +220,9 @@ def keyword_evidence(txt: Sequence[Hit], query: str,
     for h in txt:
         mine = frozenset(words[h.id])
         sharing = sum(1 for o in sets if mine <= o)  # an empty set (stemmed match only) is in every hit
-        cover = min(max(len(mine), 1), n_terms) / n_terms
+        # a match the store found only by stemming ("personal" for "a person") is half a word: a stem is
+        # weaker evidence than the word itself, and alone it must not read as a full match of a one-word query
+        cover = min(len(mine) or STEM_ONLY_WORDS, n_terms) / n_terms
         strength = float(h.score) / scale if scale > 0 else 0.0
         out[h.id] = (cover ** COVER_POWER * strength / max(sharing, 1) ** SHARE_POWER, words[h.id])
     return out
