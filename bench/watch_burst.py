@@ -59,6 +59,7 @@ def child(index_dir: str, watched: str, n: int, store: str, max_pending: int | N
 
     sys.path.insert(0, str(ROOT / "tests"))
     from fakes import FakeEmbedder
+    from reliability import record_dirty_peaks
 
     from imgrag.indexer.pipeline import IndexOptions
     from imgrag.indexer.watch import Watcher, WatchOptions
@@ -69,20 +70,7 @@ def child(index_dir: str, watched: str, n: int, store: str, max_pending: int | N
     base = WatchOptions(index=IndexOptions(workers=0))
     opts = base if max_pending is None else WatchOptions(index=base.index, max_pending=max_pending)
     w = Watcher(index, [watched], opts)
-    peak = {"files": 0, "dirs": 0, "gone": 0, "calls": 0}
-    d = w.dirty
-
-    def recorded(method):
-        def call(*a, **kw):
-            out = method(*a, **kw)
-            peak["calls"] += 1
-            for name in ("files", "dirs", "gone"):
-                peak[name] = max(peak[name], len(getattr(d, name)))
-            return out
-        return call
-
-    for name in ("file", "folder", "removed", "restore"):
-        setattr(d, name, recorded(getattr(d, name)))
+    peak = record_dirty_peaks(w.dirty)  # the same instrument as tests/test_watch.py
     samples: list[tuple[float, float]] = []
     stop = threading.Event()
 

@@ -260,3 +260,22 @@ class CrashingTransform:
 class CrashingEmbedder(FakeEmbedder):
     def image_transform(self):
         return CrashingTransform()
+
+
+def record_dirty_peaks(dirty) -> dict[str, int]:
+    """Wrap a watcher's DirtySet's entry points (events, rescans, put-backs): after each call, the most pending
+    files / folders / deletions it has held so far, and the number of calls."""
+    peak = {"files": 0, "dirs": 0, "gone": 0, "calls": 0}
+
+    def recorded(method):
+        def call(*a, **kw):
+            out = method(*a, **kw)
+            peak["calls"] += 1
+            for name in ("files", "dirs", "gone"):
+                peak[name] = max(peak[name], len(getattr(dirty, name)))
+            return out
+        return call
+
+    for name in ("file", "folder", "removed", "restore"):
+        setattr(dirty, name, recorded(getattr(dirty, name)))
+    return peak

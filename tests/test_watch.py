@@ -31,7 +31,7 @@ from imgrag.indexer.watch import Watcher, WatchOptions
 from imgrag.retrieval.index import Index
 
 from fakes import FakeEmbedder
-from reliability import all_rows, tiny_collection
+from reliability import all_rows, record_dirty_peaks, tiny_collection
 from waiting import wait_until
 
 STORES = ["lancedb", "faiss"]
@@ -116,25 +116,6 @@ def test_burst_of_500_files_coalesces_and_ends_exact(store, tmp_path):
     assert index.store.count() == 500 and index.skipped() == []
 
 
-def _record_peaks(dirty) -> dict[str, int]:
-    """Wrap the DirtySet's entry points (events, rescans, put-backs): after each call, the most pending
-    files / folders / deletions it has held so far, and the number of calls."""
-    peak = {"files": 0, "dirs": 0, "gone": 0, "calls": 0}
-
-    def recorded(method):
-        def call(*a, **kw):
-            out = method(*a, **kw)
-            peak["calls"] += 1
-            for name in ("files", "dirs", "gone"):
-                peak[name] = max(peak[name], len(getattr(dirty, name)))
-            return out
-        return call
-
-    for name in ("file", "folder", "removed", "restore"):
-        setattr(dirty, name, recorded(getattr(dirty, name)))
-    return peak
-
-
 def test_burst_never_holds_more_than_the_cap(tmp_path):
     """Bounded memory, structurally: a burst of 60x max_pending files into existing folders (one event each,
     no folder event to absorb them) never leaves more than max_pending files or max_dirs folders pending,
@@ -148,7 +129,7 @@ def test_burst_never_holds_more_than_the_cap(tmp_path):
     opts = WatchOptions(index=IndexOptions(batch_size=64, workers=0), settle=0.2, tick=0.05, rescan_every=3600.0,
                         max_pending=10, max_dirs=3, batch_files=16)
     w = Watcher(index, [str(coll)], opts)
-    peak = _record_peaks(w.dirty)
+    peak = record_dirty_peaks(w.dirty)
     w.start_thread()
     try:
         wait_until(lambda: w.rescans >= 1, WAIT, "the first rescan")
