@@ -7,7 +7,11 @@ from __future__ import annotations
 
 import argparse
 from datetime import datetime
-from imgrag.app.cli.argtypes import nonneg_int as _nonneg_int, positive_int as _positive_int
+
+from imgrag.app.cli.argtypes import dpi as _dpi
+from imgrag.app.cli.argtypes import megapixels as _megapixels
+from imgrag.app.cli.argtypes import nonneg_int as _nonneg_int
+from imgrag.app.cli.argtypes import positive_int as _positive_int
 
 EPILOG_INDEX = """examples:
   imgrag index ~/Pictures                          # default model, embedded LanceDB store
@@ -29,26 +33,6 @@ def _date(s: str) -> datetime:
         return datetime.fromisoformat(s)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a date: {s!r} (use YYYY-MM-DD or YYYY-MM-DDTHH:MM)") from None
-
-
-def _megapixels(s: str) -> float:
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {s!r}") from None
-    if not 0 < v <= 100_000:  # NaN fails too
-        raise argparse.ArgumentTypeError(f"must be a number of megapixels above 0 (at most 100000), got {s}")
-    return v
-
-
-def _dpi(s: str) -> float:
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {s!r}") from None
-    if not 0 < v <= 1200:  # NaN fails too
-        raise argparse.ArgumentTypeError(f"must be between 1 and 1200 dots per inch, got {s}")
-    return v
 
 
 EVAL_MODEL_HELP = ("embedding model (default lite); with --index DIR the index's model and its tuned adapter "
