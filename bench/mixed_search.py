@@ -13,8 +13,10 @@ of four kinds, each with its known relevant items:
 
 Every mode (vector, text, hybrid, auto) goes through ``imgrag.retrieval.queries.hybrid.search_documents``
 on a real LanceDB index with the lite model (offline, real weights). Besides recall and nDCG it counts the
-queries whose top 10 hold *fewer relevant photos than vector search alone* — the failure the fusion must
-never show, listed by query — and how many queries return nothing. Every table is also given for two fixed
+queries that hold *fewer relevant photos than vector search alone* — the failure the fusion must
+never show, listed by query — in the top 10, and (since 2026-12-03) at any cutoff k ≤ 10, telling apart
+the queries where the item that took a photo's place is relevant itself (the catalogue page of that photo)
+from those where it is not; and how many queries return nothing. Every table is also given for two fixed
 halves of the queries (split by a hash of the text). ``--sweep`` adds hybrid weight/gate variants and the
 keyword-evidence variants of ``hybrid.py`` (full-match level × sharing power, with and without the visual
 margin), and for each half the variant it would choose, scored on the other half.
@@ -22,6 +24,11 @@ margin), and for each half the variant it would choose, scored on the other half
     python bench/mixed_search.py --work bench/.cache/mixed          # index once (about 4 min), then evaluate
     python bench/mixed_search.py --work bench/.cache/mixed --json   # the same, figures as JSON
     python bench/mixed_search.py --work bench/.cache/mixed --sweep  # + variants and the half/half check
+    python bench/mixed_search.py --work bench/.cache/mixed --second-corpus  # the check corpus (below)
+
+``--second-corpus`` checks constants chosen here on other data: the same photos beside four other manuals
+(R-admin, R-intro, R-lang, R-ints: 348 pages, no catalogue), 147 photo captions, 20 category queries and
+336 section titles.
 
 Needs the ``lite`` and ``docs`` extras and ``fpdf2``; the manuals come from ``apt-get download r-doc-pdf``
 (cached in bench/.cache) or ``--rdoc-dir``.
@@ -54,6 +61,12 @@ CATEGORIES = {"food": "food", "a person": "people", "an animal": "animals", "a b
               "a musical instrument": "music", "a plant": "plants", "a vehicle": "vehicles",
               "outer space": "space", "sports": "sports", "a texture": "textures", "an object": "objects"}
 MODES = ("vector", "text", "hybrid", "auto")
+#: --second-corpus: the same photos beside four other manuals (no catalogue), for checking constants chosen
+#: on the first corpus; more one-word photo queries, since those meet manual words ("a car": Lisp's CAR)
+SECOND_MANUALS = ["R-admin", "R-intro", "R-lang", "R-ints"]
+SECOND_CATEGORIES = {"a dog": "animals", "a car": "vehicles", "a flower": "plants", "a fruit": "food",
+                     "music": "music", "a ball": "sports", "a planet": "space", "a house": "buildings",
+                     "a person walking": "people"}
 
 
 SWEEP = [("0.5,1", 0.0), ("1,1", 0.1), ("1,1", 0.0), ("1,2", 0.1), ("2,1", 0.1), ("3,1", 0.1), ("1,3", 0.1)]
@@ -144,6 +157,19 @@ def corpus(work: Path, rdoc: Path) -> tuple[list[Path], list[tuple[str, str, set
     return [SAMPLES, docs, manual_dir], qs
 
 
+def second_corpus(work: Path, rdoc: Path) -> tuple[list[Path], list[tuple[str, str, set[str]]]]:
+    """Folders and queries of the check corpus: data/samples + SECOND_MANUALS (348 pages); photo captions
+    (→ that photo), category queries (→ the folder's photos) and the manuals' section titles (→ their page)."""
+    caps = captions()
+    photo_id = {rel: str((SAMPLES / rel).resolve()) for rel in caps}
+    manual_dir, titles = rmanuals(work, rdoc, 10_000, manuals=SECOND_MANUALS)
+    qs = [("photo", c, {photo_id[rel]}) for rel in sorted(caps) for c in caps[rel]]
+    for q, folder in {**CATEGORIES, **SECOND_CATEGORIES}.items():
+        qs.append(("category", q, {photo_id[r] for r in caps if r.split("/")[0] == folder}))
+    qs += [("page", title, {f"{Path(pdf).resolve()}#page={page}"}) for title, pdf, page in titles]
+    return [SAMPLES, manual_dir], qs
+
+
 class MemoTexts:
     """The embedder with a cache of text vectors (every mode embeds the same queries)."""
 
@@ -178,14 +204,16 @@ def run_modes(index, qs, modes=MODES, **kw) -> dict[str, list[list[str]]]:
 
 def score(got: dict[str, list[list[str]]], qs, sel=None) -> dict[str, dict[str, dict]]:
     """{mode: {kind: {R@10, nDCG@10, fewer_photos, fewer_queries, empty, n}}} over the queries ``sel`` (all by
-    default); fewer_photos: queries whose top 10 hold fewer relevant photos than vector mode's."""
+    default); fewer_photos: queries whose top k holds fewer relevant photos than vector mode's at some k ≤ 10
+    (:func:`fewer_photos`), fewer_by_irrelevant: those of them where an irrelevant item took a photo's place,
+    fewer_at_10: those whose top 10 as a whole holds fewer (the count before 2026-12-03)."""
     sel = range(len(qs)) if sel is None else sel
     out: dict[str, dict[str, dict]] = {}
     kinds = sorted({qs[i][0] for i in sel}) + ["all"]
     for mode in got:
         out[mode] = {}
         for kind in kinds:
-            rec, ndcg, fewer, empty = [], [], [], 0
+            rec, ndcg, fewer, empty, by_irrelevant, at_k = [], [], [], 0, 0, 0
             for i in sel:
                 if kind not in ("all", qs[i][0]):
                     continue
@@ -193,13 +221,30 @@ def score(got: dict[str, list[list[str]]], qs, sel=None) -> dict[str, dict[str, 
                 rec.append(len(rel & set(ids)) / len(rel))
                 dcg = sum(1 / math.log2(r + 2) for r, x in enumerate(ids) if x in rel)
                 ndcg.append(dcg / sum(1 / math.log2(r + 2) for r in range(min(len(rel), K))))
-                photos = {x for x in rel if "#page=" not in x}
-                if "vector" in got and len(photos & set(ids)) < len(photos & set(got["vector"][i])):
+                why = fewer_photos(ids, got["vector"][i], rel) if "vector" in got else None
+                if why:
                     fewer.append(qs[i][1])
+                    by_irrelevant += why == "irrelevant"
+                    at_k += fewer_photos(ids, got["vector"][i], rel, (K,)) is not None
                 empty += not ids
             out[mode][kind] = {"R@10": sum(rec) / len(rec), "nDCG@10": sum(ndcg) / len(ndcg),
-                               "fewer_photos": len(fewer), "fewer_queries": fewer, "empty": empty, "n": len(rec)}
+                               "fewer_photos": len(fewer), "fewer_queries": fewer,
+                               "fewer_by_irrelevant": by_irrelevant, "fewer_at_10": at_k, "empty": empty,
+                               "n": len(rec)}
     return out
+
+
+def fewer_photos(ids: list[str], vec: list[str], rel: set[str], cutoffs=range(1, K + 1)) -> str | None:
+    """Whether, at some cutoff k ≤ 10, the top k of ``ids`` hold fewer relevant photos than vector search's top k
+    (a photo pushed from 5th to 6th by a page counts at k = 5): None if never, else ``"relevant"`` when every
+    item that took a photo's place is itself relevant (the catalogue page showing that photo), ``"irrelevant"``
+    when one is not."""
+    photos = {x for x in rel if "#page=" not in x}
+    for k in cutoffs:
+        if len(photos.intersection(ids[:k])) < len(photos.intersection(vec[:k])):
+            intruders = set(ids[:k]) - set(vec[:k])
+            return "relevant" if intruders <= rel else "irrelevant"
+    return None
 
 
 def evaluate(index, qs, modes=MODES, **kw) -> dict[str, dict[str, dict]]:
@@ -243,7 +288,7 @@ def evidence_sweep(index, qs, vec: list[list[str]]) -> dict:
     def key(name: str, part: str):
         r, b = res[name][part], old[part]
         lost = r["page"]["R@10"] < b["page"]["R@10"] - 1e-9 or r["mixed"]["R@10"] < b["mixed"]["R@10"] - 1e-9
-        return lost, r["all"]["fewer_photos"], -r["all"]["R@10"]
+        return lost, r["all"]["fewer_by_irrelevant"], r["all"]["fewer_photos"], -r["all"]["R@10"]
     cv = {}
     for train, test in (("half0", "half1"), ("half1", "half0")):
         pick = min((n for n in res if "margin" not in n), key=lambda n: key(n, train))
@@ -257,9 +302,11 @@ def print_table(res: dict, title: str) -> None:
     rows = []
     for mode, by_kind in res.items():
         rows.append([mode] + [f"{v['R@10']:.3f} / {v['nDCG@10']:.3f}" for v in by_kind.values()]
-                    + [f"{by_kind['all']['fewer_photos']}", f"{by_kind['all']['empty']}"])
+                    + [f"{by_kind['all']['fewer_at_10']} / {by_kind['all']['fewer_photos']} "
+                       f"({by_kind['all']['fewer_by_irrelevant']})", f"{by_kind['all']['empty']}"])
     table(["mode"] + [f"{k} (n={res['vector'][k]['n']}) R@10 / nDCG@10" for k in kinds]
-          + ["fewer photos than vector", "empty"], rows, title=title)
+          + ["fewer photos than vector: at k = 10 / at some k ≤ 10 (of them, an irrelevant item in a photo's "
+             "place)", "empty"], rows, title=title)
 
 
 def main() -> int:
@@ -271,6 +318,9 @@ def main() -> int:
                     help="evaluate retrieval/queries/hybrid.py as of a git revision (the 'before' figures: "
                          "the rank fusion of commit 04c2170)")
     ap.add_argument("--sweep", action="store_true", help="also compare hybrid weights and vector gates")
+    ap.add_argument("--second-corpus", action="store_true",
+                    help="evaluate on the check corpus instead: data/samples beside R-admin, R-intro, R-lang and "
+                         "R-ints (no catalogue; index in WORK/second)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     if args.hybrid_from:
@@ -281,7 +331,11 @@ def main() -> int:
     from imgrag.retrieval.index import Index
 
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="imgrag-mixed-bench-"))
-    folders, qs = corpus(work, rdoc_dir(args.rdoc_dir))
+    if args.second_corpus:
+        work = work / "second"
+        folders, qs = second_corpus(work, rdoc_dir(args.rdoc_dir))
+    else:
+        folders, qs = corpus(work, rdoc_dir(args.rdoc_dir))
     emb = load_embedder("lite", device="cpu")
     idx_dir = work / "index"
     if not (idx_dir / "imgrag.json").exists():
@@ -294,9 +348,11 @@ def main() -> int:
     index._embedder = MemoTexts(index.embedder)  # every mode embeds the same queries: embed each once
     got = run_modes(index, qs)
     res = score(got, qs)
-    record("mixed_search", res, {"label": args.label, "model": "lite", "k": K, "manuals": MANUALS,
+    record("mixed_search", res, {"label": args.label, "model": "lite", "k": K,
+                                 "manuals": SECOND_MANUALS if args.second_corpus else MANUALS,
                                  "hybrid_from": args.hybrid_from})
-    print_table(res, f"mixed corpus ({index.store.count()} items), lite model, {args.label}")
+    print_table(res, f"{'check' if args.second_corpus else 'mixed'} corpus ({index.store.count()} items), lite model, "
+                     f"{args.label}")
     for h, part in enumerate(halves(qs)):
         print_table(score(got, qs, part), f"half {h} of the queries (fixed hash split), {args.label}")
     log(f"fewer photos than vector ({args.label}): {res['auto']['all']['fewer_queries']}")
@@ -310,14 +366,16 @@ def main() -> int:
         print_table({"vector": res["vector"], **sweep}, "hybrid variants")
         ev = evidence_sweep(index, qs, got["vector"])
         record("mixed_search_evidence", ev, {"label": args.label, "model": "lite", "k": K})
-        rows = [[n] + [f"{v[part]['all']['fewer_photos']}" for part in ("half0", "half1", "all")]
+        rows = [[n] + [f"{v[part]['all']['fewer_photos']} ({v[part]['all']['fewer_by_irrelevant']})"
+                       for part in ("half0", "half1", "all")]
                 + [f"{v['all'][k]['R@10']:.3f}" for k in ("photo", "category", "page", "mixed", "all")]
                 for n, v in ev["variants"].items()]
         table(["full match / sharing power", "fewer h0", "fewer h1", "fewer all", "photo", "category", "page",
                "mixed", "all"], rows, title="keyword evidence variants (R@10 over all queries)")
         for name, c in ev["cv"].items():
             log(f"{name}: {c['variant']}; held-out half: fewer photos {c['test']['fewer_photos']} "
-                f"{c['test']['fewer_queries']} (old rule {c['test_old_rule']['fewer_photos']}), R@10 all "
+                f"({c['test']['fewer_by_irrelevant']} by irrelevant items) {c['test']['fewer_queries']} "
+                f"(old rule {c['test_old_rule']['fewer_photos']}), R@10 all "
                 f"{c['test']['R@10']:.3f} (old rule {c['test_old_rule']['R@10']:.3f})")
         res = {**res, **sweep, "evidence": ev}
     if args.json:

@@ -285,3 +285,46 @@ def test_a_stem_only_match_is_weaker_evidence_than_the_word():
     assert word_kw == pytest.approx(strength)  # one page holds the word: full coverage, no sharing
     assert stem_kw == pytest.approx(hybrid.STEM_ONLY_WORDS ** hybrid.COVER_POWER * strength / 2 ** hybrid.SHARE_POWER)
     assert stem_kw < word_kw / 4
+
+
+FAQ = ["Summary methods: suppose you want to provide a summary method for class foo. It is a matter of personal "
+       "taste whether print methods should return their argument invisibly.",
+       "Installing packages from source needs the compilers and the header files of the libraries they link to.",
+       "Reading spreadsheets: use read.csv for comma separated values exported from a spreadsheet program."]
+
+
+@pytest.fixture(scope="module")
+def faq_mixed(lite, tmp_path_factory):
+    """A LanceDB index (its full-text index stems) of five photo folders and a FAQ page saying "personal"."""
+    root = tmp_path_factory.mktemp("faq")
+    corpus = root / "corpus"
+    for folder in ("people", "food", "music", "sports", "buildings"):
+        shutil.copytree(SAMPLES / folder, corpus / folder)
+    (corpus / "docs").mkdir()
+    pdf = write_pdf(corpus / "docs" / "faq.pdf", FAQ)
+    idx = Index.create_or_open(root / "index", lite, store="lancedb")
+    rep = build_index(idx, [corpus], IndexOptions(workers=0, batch_size=16, dpi=72))
+    assert rep.pages == len(FAQ) and not rep.skipped
+    return idx, pdf
+
+
+def test_a_stem_only_page_takes_no_photo_place_when_the_vector_ranking_is_flat(faq_mixed):
+    """Lite cannot tell the photos apart for "a person" (best similarity within the gate of the median), so
+    keyword matches borrow the median similarity. A page found only by stemming ("personal") must not: before
+    2026-12-03 it went to 3rd and pushed a photo of a bride out of the top 10 (on the samples beside R-FAQ.pdf,
+    a backpacker out of the top 5). At every k ≤ 10 the hybrid and auto results hold the photos vector
+    search holds."""
+    from imgrag.retrieval.queries import hybrid
+    from imgrag.retrieval.queries.search import search
+
+    idx, pdf = faq_mixed
+    query = "a person"
+    vec_all = search(idx, hybrid._query_vector(idx, query), k=50, all_copies=True)
+    assert not hybrid.vector_informative(vec_all, hybrid.hybrid_defaults(idx.manifest.model)[1])  # the flat case
+    txt = search_documents(idx, query, k=5, mode="text")
+    assert ids(txt) == [f"{pdf}#page=1"] and txt[0].row["matched_terms"] == []  # found by the stem alone
+    vec = ids(search_documents(idx, query, k=10, mode="vector"))
+    for mode in MIXED_MODES:
+        got = ids(search_documents(idx, query, k=10, mode=mode))
+        for k in range(1, 11):
+            assert set(vec[:k]) <= set(got[:k]), (mode, k, got, vec)

@@ -27,7 +27,8 @@ vector search; 0 since, bench/mixed_search.py). In hybrid, a page whose similari
 photo's gets no lift from weak words (:func:`blend`). When the vector ranking carries no information (its best
 similarity does not exceed the candidates' median by ``vector_gate``; lite on text-only pages), keyword
 matches are ordered by ``kw`` alone: their relevance uses the median similarity instead of their own, but
-never falls below their own similarity.
+never falls below their own similarity; a match found by stemming alone ("personal" for "a person") keeps
+its own similarity (it took photos' places).
 
 Each hit's ``row`` gains ``similarity``, ``keyword``, ``matched_terms`` (and ``bm25``, ``rank_vector``,
 ``rank_text`` where they apply), plus ``snippet`` (the best-matching window of its text) and
@@ -61,9 +62,11 @@ FULL_MATCH: float | None = 2.0
 STEM_ONLY_WORDS = 0.5
 SHARE_POWER = 0.5  # kw ÷ (pages whose matched words include this page's) ** SHARE_POWER (best of 0–1)
 #: hybrid: a page whose similarity is more than VISUAL_MARGIN + MARGIN_SLOPE·kw below the best photo's among the
-#: vector candidates gets no keyword lift (lite cosines; CLIP/SigLIP's narrower range rarely reaches it)
-VISUAL_MARGIN = 0.3
-MARGIN_SLOPE = 0.2
+#: vector candidates gets no keyword lift (lite cosines; CLIP/SigLIP's narrower range rarely reaches it).
+#: 0.25 + 0.1·kw (2026-12-03) beat 0.3 + 0.2·kw on bench/mixed_search.py and on a second corpus (the samples
+#: beside four other R manuals) at equal page and mixed recall; 0.2, or no slope, cost mixed recall
+VISUAL_MARGIN = 0.25
+MARGIN_SLOPE = 0.1
 
 
 def hybrid_defaults(model_id: str | None) -> tuple[tuple[float, float], float]:
@@ -300,7 +303,9 @@ def blend(index: "Index", qv: np.ndarray, vec: Sequence[Hit], txt: Sequence[Hit]
             kw = 0.0  # looks far less like the query than the best photo, and the words are weak: no lift
         # vector weight 0 (--weights 0,1): the similarity takes no part, keyword hits in keyword-match order
         score = relevance(s if weights[0] > 0 else 0.0, kw, lam)
-        if base is not None and kw > 0:  # the similarity ranking is noise: order keyword matches by kw alone
+        if base is not None and kw > 0 and words:
+            # the similarity ranking is noise: order keyword matches by kw alone; a match by stemming alone
+            # ("personal" for "a person") is too weak to borrow the median: it keeps its own similarity
             score = max(s, relevance(base, kw, lam))
         extra = {"similarity": s, "keyword": kw, "matched_terms": words}
         if i in rank_v:
