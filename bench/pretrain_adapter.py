@@ -261,10 +261,10 @@ def retrieval_figures(tv: np.ndarray, iv: np.ndarray, keys: np.ndarray, sel: np.
 
 
 def zeroshot_figures(iv: np.ndarray, w: np.ndarray, y: np.ndarray, logit_scale: float) -> dict:
-    from imgrag.retrieval.queries.calibration import fit, resolve_method
+    from imgrag.retrieval.queries.calibration import fit
 
     sims = iv @ w.T
-    c = fit(resolve_method("auto"), sims, logit_scale)
+    c = fit("auto", sims, logit_scale)
     out = {}
     for name, s in (("raw", sims), ("calibrated", c.apply(sims) if c else sims)):
         order = np.argsort(-s, axis=1)

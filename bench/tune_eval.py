@@ -88,10 +88,10 @@ def top1(iv: np.ndarray, w: np.ndarray, y: np.ndarray) -> float:
 
 def top1_calibrated(iv: np.ndarray, w: np.ndarray, y: np.ndarray, logit_scale: float) -> float:
     """top-1 with the default calibration fitted on the evaluated images (as ``imgrag eval zeroshot``)."""
-    from imgrag.retrieval.queries.calibration import fit, resolve_method
+    from imgrag.retrieval.queries.calibration import fit
 
     sims = iv @ w.T
-    c = fit(resolve_method("auto"), sims, logit_scale)
+    c = fit("auto", sims, logit_scale)
     return float(np.mean((c.apply(sims) if c else sims).argmax(axis=1) == y))
 
 
@@ -119,10 +119,10 @@ def openclipart(emb, data: dict, seed: int) -> dict:
                       y[tune_idx], texts, tv, np.array(tkeys), labels)
     raw = top1(X[test_idx], W, y[test_idx])
     ls = emb.logit_scale
-    from imgrag.retrieval.queries.calibration import resolve_method
+    from imgrag.retrieval.queries.calibration import auto_method
 
     out = {"classes": len(labels), "tune_images": len(tune_idx), "test_images": len(test_idx),
-           "raw_top1": raw, "calibration": resolve_method("auto"),
+           "raw_top1": raw, "calibration": auto_method(len(labels)),
            "calibrated_top1": top1_calibrated(X[test_idx], W, y[test_idx], ls), "runs": []}
     for loss in ("siglip", "clip"):
         for sides in ("text", "both"):

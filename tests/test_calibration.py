@@ -24,6 +24,30 @@ def test_zscore_by_hand():
     assert (np.argsort(c.apply(SIMS), 1) == np.argsort(z, 1)).all()
 
 
+def test_dzscore_by_hand():
+    # row means 0.3, 0.5, 0.55 → centred rows (-0.2, 0.2), (-0.2, 0.2), (-0.35, 0.35); column means -0.25,
+    # 0.25 and equal spreads (scale 1) → shift (-0.25, 0.25); each row's mean is added back
+    c = cal.fit("dzscore", np.tile(SIMS, (3, 1)))
+    assert c.method == "dzscore" and c.center_rows and np.allclose(c.scale, 1) and np.allclose(c.shift, [-0.25, 0.25])
+    assert np.allclose(c.apply(SIMS), [[0.35, 0.25], [0.55, 0.45], [0.45, 0.65]], atol=1e-6)
+    assert np.allclose(c.apply(SIMS[1]), [0.55, 0.45], atol=1e-6)  # one image (1-D) as a row
+    assert np.allclose(c.apply(SIMS).mean(1), SIMS.mean(1), atol=1e-6)  # each image keeps its mean
+
+
+def test_dzscore_ignores_how_close_an_image_is_to_every_label():
+    """An offset per image (how near the image sits to any text) enters zscore's label statistics but not
+    dzscore's: its calibrated scores move by exactly that offset."""
+    rng = np.random.default_rng(4)
+    sims, y = _hub_case(seed=4)
+    offset = rng.normal(0, 0.3, size=(len(sims), 1))
+    c_plain, c_moved = cal.fit("dzscore", sims), cal.fit("dzscore", sims + offset)
+    assert np.allclose(c_moved.apply(sims + offset), c_plain.apply(sims) + offset, atol=1e-5)
+    z_plain = cal.fit("zscore", sims).apply(sims)
+    z_moved = cal.fit("zscore", sims + offset).apply(sims + offset)
+    assert np.abs(z_moved - (z_plain + offset)).max() > 0.05  # zscore's column statistics take in the offsets
+    assert (c_moved.apply(sims + offset).argmax(1) == y).mean() > 0.95
+
+
 def test_center_csls_by_hand():
     shift, scale = cal.center_params(SIMS)
     assert np.allclose(shift, [-0.25, 0.25]) and np.allclose(scale, 1)
@@ -54,7 +78,11 @@ def test_balance_offsets_equalise_the_prior():
 
 
 def test_methods_none_small_reference_and_names():
-    assert cal.resolve_method("auto") == cal.DEFAULT_METHOD == cal.resolve_method(None)
+    assert cal.resolve_method("auto") == "auto" == cal.resolve_method(None)
+    assert cal.auto_method(cal.MANY_LABELS - 1) == cal.DEFAULT_METHOD == "zscore"
+    assert cal.auto_method(cal.MANY_LABELS) == cal.MANY_LABELS_METHOD == "dzscore"
+    few, many = np.tile(SIMS, (4, 1)), np.tile(SIMS, (4, cal.MANY_LABELS // 2))  # 2 and MANY_LABELS labels
+    assert cal.fit("auto", few).method == "zscore" and cal.fit("auto", many).method == "dzscore"
     assert cal.resolve_method("none") == "none"
     with pytest.raises(BadQueryError, match="unknown calibration"):
         cal.resolve_method("platt")
@@ -93,7 +121,7 @@ def test_synthetic_hub_label_is_corrected():
     sims, y = _hub_case()
     raw = sims.argmax(1)
     assert (raw == 0).mean() > 0.9 and (raw == y).mean() < 0.3  # the hub takes nearly every image
-    for method in ("zscore", "center", "balance"):
+    for method in ("dzscore", "zscore", "center", "balance"):
         out = cal.fit(method, sims, logit_scale=50.0).apply(sims).argmax(1)
         assert (out == y).mean() > 0.95, method
         assert np.bincount(out, minlength=5).max() <= 0.25 * len(y), method
@@ -105,9 +133,10 @@ def test_synthetic_hub_label_is_corrected():
 def test_single_images_calibrated_against_a_reference_sample():
     sims, y = _hub_case(seed=1)
     ref = sims[np.random.default_rng(0).choice(len(sims), 40, replace=False)]
-    c = cal.fit("zscore", ref)
-    one_by_one = np.array([c.apply(s[None])[0].argmax() for s in sims])
-    assert (one_by_one == y).mean() > 0.9
+    for method in ("dzscore", "zscore"):
+        c = cal.fit(method, ref)
+        one_by_one = np.array([c.apply(s[None])[0].argmax() for s in sims])
+        assert (one_by_one == y).mean() > 0.9, method
 
 
 # --- the real lite model on the sample photos -----------------------------------------------------------
@@ -148,7 +177,7 @@ def test_lite_samples_with_the_demo_labels(lite_samples):
     clf = ZeroShotClassifier(emb, DEMO_LABELS)  # auto
     assert raw_clf.fit_calibration(vecs) is None
     c = clf.fit_calibration(vecs)
-    assert c is not None and c.method == cal.DEFAULT_METHOD
+    assert c is not None and c.method == cal.auto_method(7) == "zscore"
 
     def labelled(preds):
         return [p.label for p in preds]
@@ -201,7 +230,7 @@ def test_cli_classify_and_eval_calibration(tmp_path, tiny_model_configs, capsys)
     expect_cal = clf.probabilities(vecs, clf.fit_calibration(vecs))
     expect_raw = clf.probabilities(vecs)
     assert not np.allclose(expect_cal, expect_raw, atol=1e-3)  # the correction changes something here
-    for extra, expect in (((), expect_cal), (("--calibration", "zscore"), expect_cal),
+    for extra, expect in (((), expect_cal), (("--calibration", cal.auto_method(3)), expect_cal),
                           (("--calibration", "none"), expect_raw)):
         got = classify(*extra)
         for p, row in zip(paths, expect):
@@ -217,7 +246,7 @@ def test_cli_classify_and_eval_calibration(tmp_path, tiny_model_configs, capsys)
 
     assert main(["eval", "zeroshot", str(coll), "--model", "imgrag-tiny-clip", "--templates", "none", "--json"]) == 0
     r = json.loads(capsys.readouterr().out)["results"][0]
-    assert r["calibration"] == cal.DEFAULT_METHOD and {"top1", "top5", "top1_raw", "top5_raw"} <= set(r)
+    assert r["calibration"] == cal.auto_method(3) and {"top1", "top5", "top1_raw", "top5_raw"} <= set(r)
     assert main(["eval", "zeroshot", str(coll), "--model", "imgrag-tiny-clip", "--templates", "none", "--json",
                  "--calibration", "none"]) == 0
     r = json.loads(capsys.readouterr().out)["results"][0]

@@ -282,11 +282,11 @@ def _add_serve(sub, common) -> None:
 
 
 def _calibration_arg(p: argparse.ArgumentParser, what: str) -> None:
-    from imgrag.retrieval.queries.calibration import CHOICES, DEFAULT_METHOD
+    from imgrag.retrieval.queries.calibration import CHOICES, DEFAULT_METHOD, MANY_LABELS, MANY_LABELS_METHOD
 
     p.add_argument("--calibration", choices=CHOICES, default="auto",
-                   help=f"zero-shot calibration: auto (default: {DEFAULT_METHOD}): {what}; none: raw scores; "
-                        "or a method (docs/quality.md)")
+                   help=f"zero-shot calibration: auto (default: {MANY_LABELS_METHOD} with {MANY_LABELS} labels or "
+                        f"more, else {DEFAULT_METHOD}): {what}; none: raw scores; or a method (docs/quality.md)")
 
 
 def _filter_args(p: argparse.ArgumentParser) -> None:
