@@ -328,3 +328,24 @@ def test_a_stem_only_page_takes_no_photo_place_when_the_vector_ranking_is_flat(f
         got = ids(search_documents(idx, query, k=10, mode=mode))
         for k in range(1, 11):
             assert set(vec[:k]) <= set(got[:k]), (mode, k, got, vec)
+
+
+def test_cli_kind_filter_keeps_photos_or_pages_only(manual_mixed, capsys):
+    """`--kind photo` gives exactly vector search's photos in the default mode (a photo has no text, so the
+    keyword side has nothing to add); `--kind page` only pages. The same filter as the UI's type choice."""
+    from imgrag.app.cli import main
+
+    idx, _ = manual_mixed
+
+    def run(*extra) -> list[str]:
+        assert main(["search", "an object", "--index", str(idx.root), "--json", "-k", "6", *extra]) == 0
+        return [r["id"] for r in json.loads(capsys.readouterr().out)]
+    mixed = run()
+    photos, pages = run("--kind", "photo"), run("--kind", "page")
+    assert any("#page=" in i for i in mixed)  # without the filter pages do come up for this query
+    assert photos and not any("#page=" in i for i in photos)
+    assert photos == run("--kind", "photo", "--mode", "vector")
+    assert pages and all("#page=" in i for i in pages)
+    with pytest.raises(SystemExit) as e:
+        main(["search", "x", "--index", str(idx.root), "--kind", "video"])
+    assert e.value.code == 2 and "invalid choice: 'video'" in capsys.readouterr().err

@@ -22,7 +22,7 @@ def _filters(args):
     from imgrag.retrieval.stores.base import Filters
 
     f = Filters(path_glob=args.path_glob, taken_after=args.after, taken_before=args.before,
-                min_width=args.min_width, label=args.label)
+                min_width=args.min_width, label=args.label, kind=args.kind)
     return None if f.is_empty() else f
 
 
