@@ -270,3 +270,37 @@ def test_bundled_reference_images_are_shipped_and_embedded_once():
     assert emb.calls == calls  # cached per model fingerprint
     credits = (ROOT / "retrieval/reference/CREDITS.md").read_text()
     assert all(f"`{p.name}`" in credits for p in (ROOT / "retrieval/reference").glob("*.jpg"))
+
+
+def test_eval_zeroshot_auto_uses_dzscore_from_many_labels(tmp_path, tiny_model_configs, capsys):
+    """`eval zeroshot` with MANY_LABELS classes reports and applies dzscore (fewer: zscore, tested above);
+    its top-1 is the dzscore top-1 of the same similarities, and the raw figure beside it is raw argmax."""
+    import json
+
+    from PIL import Image
+
+    from imgrag.app.cli import main
+    from imgrag.retrieval.embedders import load_embedder
+    from imgrag.retrieval.queries.classify import class_vectors, load_templates
+    from imgrag.retrieval.queries.evaluate import class_words, embed_readable_files, folder_dataset
+
+    rng = np.random.default_rng(2)
+    root = tmp_path / "many"
+    for c in range(cal.MANY_LABELS):
+        (root / f"class_{c:02d}").mkdir(parents=True)
+        base = rng.integers(0, 255, size=3)
+        for i in range(2):
+            px = np.clip(base + rng.normal(0, 30, size=(24, 24, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(px).save(root / f"class_{c:02d}" / f"{i}.png")
+    assert main(["eval", "zeroshot", str(root), "--model", "imgrag-tiny-clip", "--templates", "none", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)["results"][0]
+    assert r["calibration"] == "dzscore"
+
+    emb = load_embedder("imgrag-tiny-clip", device="cpu")
+    classes, paths, targets = folder_dataset(root)
+    vecs, ok, _ = embed_readable_files(emb, paths)
+    y = np.asarray(targets)[ok]
+    sims = vecs @ class_vectors(emb, [class_words(c) for c in classes], load_templates("none")).T
+    assert r["top1_raw"] == pytest.approx(float((sims.argmax(1) == y).mean()))
+    dz = cal.fit("dzscore", sims, emb.logit_scale).apply(sims)
+    assert r["top1"] == pytest.approx(float((dz.argmax(1) == y).mean()))
