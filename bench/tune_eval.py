@@ -29,7 +29,6 @@ from _common import CACHE, ensure_imgrag_importable  # noqa: E402
 
 ensure_imgrag_importable()
 
-from imgrag.retrieval.tune.adapter import _l2  # noqa: E402
 from imgrag.retrieval.tune.data import Supervision, class_texts  # noqa: E402
 from imgrag.retrieval.tune.fewshot import mix_prototypes  # noqa: E402
 from imgrag.retrieval.tune.train import TuneConfig, train_adapter  # noqa: E402
