@@ -346,6 +346,7 @@ def test_cli_kind_filter_keeps_photos_or_pages_only(manual_mixed, capsys):
     assert photos and not any("#page=" in i for i in photos)
     assert photos == run("--kind", "photo", "--mode", "vector")
     assert pages and all("#page=" in i for i in pages)
+    assert run("--type", "page") == pages  # the HTTP API's and the UI's name for it
     with pytest.raises(SystemExit) as e:
         main(["search", "x", "--index", str(idx.root), "--kind", "video"])
     assert e.value.code == 2 and "invalid choice: 'video'" in capsys.readouterr().err

@@ -295,8 +295,9 @@ def _filter_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--before", type=_date, metavar="DATE", help="captured on or before DATE (EXIF)")
     p.add_argument("--min-width", type=int, metavar="PX")
     p.add_argument("--label", help="only images whose stored label (classify --write) is LABEL")
-    p.add_argument("--kind", choices=("photo", "page"),
-                   help="only whole image files (photo) or only document pages (page); default both")
+    p.add_argument("--kind", "--type", dest="kind", choices=("photo", "page"),
+                   help="only whole image files (photo) or only document pages (page); default both (the "
+                        "results' `kind` field; the HTTP API's `type`)")
 
 
 def _version() -> str:
