@@ -64,8 +64,13 @@ class Calibration:
         s = np.asarray(sims, np.float64)
         if not self.center_rows:
             return ((s - self.shift) / self.scale).astype(np.float32)
-        r = s.mean(axis=-1, keepdims=True)
+        r = _row_means(s)
         return ((s - r - self.shift) / self.scale + r).astype(np.float32)
+
+
+def _row_means(s: np.ndarray) -> np.ndarray:
+    """Each image's mean similarity over the labels (last axis), kept as a column for broadcasting."""
+    return np.asarray(s, np.float64).mean(axis=-1, keepdims=True)
 
 
 def resolve_method(name: str | None) -> str:
@@ -140,11 +145,10 @@ def fit(method: str, reference_sims: np.ndarray, logit_scale: float = 100.0) -> 
         return None
     if method == "auto":
         method = auto_method(ref.shape[1])
-    if method == "dzscore":
-        r = np.asarray(ref, np.float64)
-        shift, scale = zscore_params(r - r.mean(axis=1, keepdims=True))
-        return Calibration(method, shift, scale, int(ref.shape[0]), center_rows=True)
-    if method == "zscore":
+    center_rows = method == "dzscore"  # zscore of the row-centred similarities (apply centres likewise)
+    if center_rows:
+        ref = ref - _row_means(ref)
+    if method in ("zscore", "dzscore"):
         shift, scale = zscore_params(ref)
     elif method == "center":
         shift, scale = center_params(ref)
@@ -152,7 +156,7 @@ def fit(method: str, reference_sims: np.ndarray, logit_scale: float = 100.0) -> 
         shift, scale = csls_params(ref)
     else:
         shift, scale = balance_params(ref, logit_scale)
-    return Calibration(method, shift, scale, int(ref.shape[0]))
+    return Calibration(method, shift, scale, int(ref.shape[0]), center_rows=center_rows)
 
 
 class ReservoirSample:
