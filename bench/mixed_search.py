@@ -260,8 +260,9 @@ def halves(qs) -> list[list[int]]:
 def evidence_sweep(index, qs, vec: list[list[str]]) -> dict:
     """Keyword-evidence variants (FULL_MATCH × SHARE_POWER of hybrid.py, without its visual margin; FULL_MATCH
     None = BM25 relative to the query's best hit, the rule before 2026-12; then the default with the margin)
-    on all queries and on each half, and the variant (without margin) a half would choose (no page or mixed recall lost against the old rule, then fewest 'fewer photos', then best
-    R@10) scored on the other half."""
+    on all queries and on each half, and the variant (without margin) a half would choose — no page or mixed
+    recall lost against the old rule, then fewest photos taken by irrelevant items, then fewest 'fewer
+    photos', then best R@10 — scored on the other half."""
     from imgrag.retrieval.queries import hybrid
 
     keep = hybrid.FULL_MATCH, hybrid.SHARE_POWER, hybrid.VISUAL_MARGIN

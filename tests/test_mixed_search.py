@@ -256,14 +256,19 @@ def test_a_distinctive_phrase_still_lifts_its_page(manual_mixed):
         assert top.id == f"{pdf}#page={page}" and top.row["keyword"] > 0.9, (mode, top.id, top.row["keyword"])
 
 
-def test_cli_json_keeps_the_photos_vector_search_finds(manual_mixed, capsys):
+def cli_ids(capsys, idx, query: str, k: int, *extra: str) -> list[str]:
+    """The ids `imgrag search QUERY --json -k K EXTRA...` prints for ``idx``."""
     from imgrag.app.cli import main
 
+    assert main(["search", query, "--index", str(idx.root), "--json", "-k", str(k), *extra]) == 0
+    return [r["id"] for r in json.loads(capsys.readouterr().out)]
+
+
+def test_cli_json_keeps_the_photos_vector_search_finds(manual_mixed, capsys):
     idx, _ = manual_mixed
 
     def run(*extra) -> list[str]:
-        assert main(["search", "a cat", "--index", str(idx.root), "--json", "-k", str(K_SMALL), *extra]) == 0
-        return [r["id"] for r in json.loads(capsys.readouterr().out)]
+        return cli_ids(capsys, idx, "a cat", K_SMALL, *extra)
     photos = [i for i in run("--mode", "vector") if "#page=" not in i]
     assert any("cat" in p for p in photos)
     assert set(photos) <= set(run())  # the default mode (auto → hybrid)
@@ -338,8 +343,7 @@ def test_cli_kind_filter_keeps_photos_or_pages_only(manual_mixed, capsys):
     idx, _ = manual_mixed
 
     def run(*extra) -> list[str]:
-        assert main(["search", "an object", "--index", str(idx.root), "--json", "-k", "6", *extra]) == 0
-        return [r["id"] for r in json.loads(capsys.readouterr().out)]
+        return cli_ids(capsys, idx, "an object", 6, *extra)
     mixed = run()
     photos, pages = run("--kind", "photo"), run("--kind", "page")
     assert any("#page=" in i for i in mixed)  # without the filter pages do come up for this query
